@@ -1,0 +1,1 @@
+"""RAIN: LIME-style envelopes for research instruments. Public API re-exported here."""

@@ -1,0 +1,394 @@
+"""The one place where JSON meets envelope objects.
+
+``encode(envelope) -> bytes`` writes compact UTF-8 JSON with camelCase keys and no nulls.
+``decode(data) -> Envelope`` reads it back. The kind is told by key presence, in LIME's order:
+``content`` -> Message, ``event`` -> Notification, ``method`` -> Command, ``state`` -> Session.
+Keys we do not know are kept in ``extras`` and written back out on encode.
+
+Every fault in the input, whatever its family, raises EnvelopeDecodeError and nothing else; the
+message names the JSON path (``$.reason.code: expected integer, got string``) and the error
+carries the envelope id when it could be read, so a server can answer with a coded failure.
+
+Limits, on purpose (RELIABILITY.md §11):
+- ``MAX_ENVELOPE_SIZE`` bytes of input (1 MiB by default, per call overridable);
+- ``MAX_DEPTH`` levels of nesting of objects and arrays, counting the envelope itself;
+- NaN, Infinity, invalid UTF-8 and lone surrogates are rejected (orjson refuses them).
+Duplicate keys in one object are not an error: the last one wins, as in every JSON parser we
+interoperate with.
+
+Pure protocol core: no asyncio, no zmq.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from .envelopes import (
+    AuthenticationScheme,
+    Command,
+    CommandMethod,
+    CommandStatus,
+    Envelope,
+    Message,
+    Notification,
+    NotificationEvent,
+    Reason,
+    Session,
+    SessionCompression,
+    SessionEncryption,
+    SessionState,
+)
+from .errors import EnvelopeDecodeError, EnvelopeValidationError
+from .node import Node
+
+__all__ = ["MAX_DEPTH", "MAX_ENVELOPE_SIZE", "decode", "encode", "to_json_object"]
+
+MAX_ENVELOPE_SIZE = 1024 * 1024
+MAX_DEPTH = 64
+
+_COMMON_KEYS = frozenset({"id", "from", "to", "pp", "metadata"})
+_KIND_KEYS: dict[type[Envelope], frozenset[str]] = {
+    Message: _COMMON_KEYS | {"type", "content"},
+    Notification: _COMMON_KEYS | {"event", "reason"},
+    Command: _COMMON_KEYS | {"method", "uri", "type", "resource", "status", "reason"},
+    Session: _COMMON_KEYS
+    | {
+        "state", "encryptionOptions", "encryption", "compressionOptions", "compression",
+        "schemeOptions", "scheme", "authentication", "reason",
+    },
+}
+
+_JSON_TYPE_NAMES = {
+    dict: "object", list: "array", str: "string", int: "integer", float: "number",
+    bool: "boolean", type(None): "null",
+}
+
+
+def _type_name(value: object) -> str:
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+# --------------------------------------------------------------------------------------- encode
+
+
+def _reason_json(reason: Reason) -> dict[str, Any]:
+    out: dict[str, Any] = {"code": reason.code}
+    if reason.description is not None:
+        out["description"] = reason.description
+    return out
+
+
+def to_json_object(envelope: Envelope) -> dict[str, Any]:
+    """The envelope as the JSON object it is on the wire (before serialisation)."""
+    out: dict[str, Any] = {}
+    if envelope.extras:
+        out.update(envelope.extras)
+    if envelope.id is not None:
+        out["id"] = envelope.id
+    if envelope.from_ is not None:
+        out["from"] = str(envelope.from_)
+    if envelope.to is not None:
+        out["to"] = str(envelope.to)
+    if envelope.pp is not None:
+        out["pp"] = str(envelope.pp)
+    if isinstance(envelope, Command):
+        out["method"] = envelope.method.value
+        if envelope.uri is not None:
+            out["uri"] = envelope.uri
+        if envelope.type is not None:
+            out["type"] = envelope.type
+        if envelope.resource is not None:
+            out["resource"] = envelope.resource
+        if envelope.status is not None:
+            out["status"] = envelope.status.value
+        if envelope.reason is not None:
+            out["reason"] = _reason_json(envelope.reason)
+    elif isinstance(envelope, Message):
+        out["type"] = envelope.type
+        out["content"] = envelope.content
+    elif isinstance(envelope, Notification):
+        out["event"] = envelope.event.value
+        if envelope.reason is not None:
+            out["reason"] = _reason_json(envelope.reason)
+    elif isinstance(envelope, Session):
+        out["state"] = envelope.state.value
+        for key, value in (
+            ("encryptionOptions", envelope.encryption_options),
+            ("compressionOptions", envelope.compression_options),
+            ("schemeOptions", envelope.scheme_options),
+        ):
+            if value is not None:
+                out[key] = [option.value for option in value]
+        for key, single in (
+            ("encryption", envelope.encryption),
+            ("compression", envelope.compression),
+            ("scheme", envelope.scheme),
+        ):
+            if single is not None:
+                out[key] = single.value
+        if envelope.authentication is not None:
+            out["authentication"] = dict(envelope.authentication)
+        if envelope.reason is not None:
+            out["reason"] = _reason_json(envelope.reason)
+    else:
+        raise TypeError(f"not an envelope: {envelope!r}")
+    if envelope.metadata is not None:
+        out["metadata"] = dict(envelope.metadata)
+    return out
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Serialise an envelope to compact UTF-8 JSON.
+
+    Raises EnvelopeValidationError when the content cannot be written as JSON (a value that is not
+    JSON-like, an integer beyond 64 bits, a string with a lone surrogate).
+    """
+    try:
+        return orjson.dumps(to_json_object(envelope))
+    except orjson.JSONEncodeError as exc:
+        raise EnvelopeValidationError(f"envelope cannot be written as JSON: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------- decode
+
+
+class _Reader:
+    """Reads typed fields out of one JSON object, naming the path of any fault."""
+
+    __slots__ = ("envelope_id", "kind", "obj", "path")
+
+    def __init__(self, obj: dict[str, Any], path: str, envelope_id: str | None, kind: str) -> None:
+        self.obj = obj
+        self.path = path
+        self.envelope_id = envelope_id
+        self.kind = kind
+
+    def fail(self, key: str, message: str, code: int = 21) -> EnvelopeDecodeError:
+        return EnvelopeDecodeError(
+            f"{self.path}.{key}: {message}", code=code, envelope_id=self.envelope_id,
+            kind=self.kind,
+        )
+
+    def string(self, key: str, *, required: bool = False) -> str | None:
+        value = self.obj.get(key)
+        if value is None:
+            if required:
+                raise self.fail(key, "required")
+            return None
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected string, got {_type_name(value)}")
+        if not value and required:
+            raise self.fail(key, "must not be empty")
+        return value
+
+    def node(self, key: str) -> Node | None:
+        text = self.string(key)
+        if text is None or text == "":
+            return None
+        try:
+            return Node.parse(text)
+        except EnvelopeValidationError as exc:
+            raise self.fail(key, str(exc), code=25) from None
+
+    def enum(self, key: str, enum: type[Any], *, required: bool = False, code: int = 21) -> Any:
+        text = self.string(key, required=required)
+        if text is None:
+            return None
+        try:
+            return enum(text.lower())
+        except ValueError:
+            allowed = ", ".join(member.value for member in enum)
+            raise self.fail(key, f"unknown value {text!r} (expected one of {allowed})", code) from None
+
+    def enum_list(self, key: str, enum: type[Any]) -> tuple[Any, ...] | None:
+        values = self.obj.get(key)
+        if values is None:
+            return None
+        if not isinstance(values, list):
+            raise self.fail(key, f"expected array, got {_type_name(values)}")
+        out = []
+        for index, value in enumerate(values):
+            if not isinstance(value, str):
+                raise self.fail(f"{key}[{index}]", f"expected string, got {_type_name(value)}")
+            try:
+                out.append(enum(value.lower()))
+            except ValueError:
+                raise self.fail(f"{key}[{index}]", f"unknown value {value!r}") from None
+        return tuple(out)
+
+    def obj_field(self, key: str) -> dict[str, Any] | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected object, got {_type_name(value)}")
+        return value
+
+    def metadata(self) -> dict[str, str] | None:
+        value = self.obj_field("metadata")
+        if value is not None:
+            for meta_key, meta_value in value.items():
+                if not isinstance(meta_value, str):
+                    raise self.fail(
+                        f"metadata.{meta_key}", f"expected string, got {_type_name(meta_value)}"
+                    )
+        return value
+
+    def reason(self) -> Reason | None:
+        value = self.obj.get("reason")
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.fail("reason", f"expected object, got {_type_name(value)}")
+        code = value.get("code")
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise self.fail("reason.code", f"expected integer, got {_type_name(code)}")
+        description = value.get("description")
+        if description is not None and not isinstance(description, str):
+            raise self.fail("reason.description", f"expected string, got {_type_name(description)}")
+        return Reason(code, description)
+
+    def extras(self, known: frozenset[str]) -> dict[str, Any] | None:
+        unknown = {key: value for key, value in self.obj.items() if key not in known}
+        return unknown or None
+
+    def common(self) -> dict[str, Any]:
+        return {
+            "id": self.string("id"),
+            "from_": self.node("from"),
+            "to": self.node("to"),
+            "pp": self.node("pp"),
+            "metadata": self.metadata(),
+        }
+
+
+def _decode_message(r: _Reader) -> Message:
+    media_type = r.string("type", required=True)
+    return Message(
+        media_type, r.obj["content"], extras=r.extras(_KIND_KEYS[Message]), **r.common()
+    )
+
+
+def _decode_notification(r: _Reader) -> Notification:
+    event = r.enum("event", NotificationEvent, required=True)
+    return Notification(
+        event, r.reason(), extras=r.extras(_KIND_KEYS[Notification]), **r.common()
+    )
+
+
+def _decode_command(r: _Reader) -> Command:
+    method = r.enum("method", CommandMethod, required=True, code=27)
+    status = r.enum("status", CommandStatus, code=24)
+    uri = r.string("uri")
+    resource = r.obj.get("resource")
+    media_type = r.string("type")
+    if status is None and uri is None:
+        raise r.fail("uri", "required in a command request", code=27)
+    if status is None and method is not CommandMethod.OBSERVE and r.obj.get("id") is None:
+        raise r.fail("id", "required in a command request (only observe may omit it)")
+    if resource is not None and media_type is None:
+        raise r.fail("type", "required when resource is present", code=23)
+    reason = r.reason()
+    if status is CommandStatus.FAILURE and reason is None:
+        raise r.fail("reason", "required when status is failure")
+    return Command(
+        method, uri, type=media_type, resource=resource, status=status, reason=reason,
+        extras=r.extras(_KIND_KEYS[Command]), **r.common(),
+    )
+
+
+def _decode_session(r: _Reader) -> Session:
+    state = r.enum("state", SessionState, required=True, code=15)
+    reason = r.reason()
+    if state is SessionState.FAILED and reason is None:
+        raise r.fail("reason", "required when state is failed")
+    return Session(
+        state,
+        encryption_options=r.enum_list("encryptionOptions", SessionEncryption),
+        encryption=r.enum("encryption", SessionEncryption, code=17),
+        compression_options=r.enum_list("compressionOptions", SessionCompression),
+        compression=r.enum("compression", SessionCompression, code=17),
+        scheme_options=r.enum_list("schemeOptions", AuthenticationScheme),
+        scheme=r.enum("scheme", AuthenticationScheme, code=13),
+        authentication=r.obj_field("authentication"),
+        reason=reason,
+        extras=r.extras(_KIND_KEYS[Session]),
+        **r.common(),
+    )
+
+
+_KINDS: tuple[tuple[str, str, Callable[[_Reader], Envelope]], ...] = (
+    ("content", "message", _decode_message),
+    ("event", "notification", _decode_notification),
+    ("method", "command", _decode_command),
+    ("state", "session", _decode_session),
+)
+
+
+def _too_deep(value: Any, max_depth: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values() if isinstance(child, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
+    return False
+
+
+def decode(
+    data: bytes | bytearray | memoryview | str,
+    *,
+    max_size: int = MAX_ENVELOPE_SIZE,
+    max_depth: int = MAX_DEPTH,
+) -> Envelope:
+    """Parse one envelope. Raises EnvelopeDecodeError, and only that, for any bad input."""
+    if not isinstance(data, (bytes, bytearray, memoryview, str)):
+        raise EnvelopeDecodeError(f"$: expected bytes, got {type(data).__name__}")
+    size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
+    if size > max_size:
+        raise EnvelopeDecodeError(f"$: envelope of {size} bytes exceeds the limit of {max_size}")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeDecodeError(f"$: not valid JSON: {exc}", code=22 if size == 0 else 21) from None
+    if not isinstance(obj, dict):
+        raise EnvelopeDecodeError(f"$: expected object, got {_type_name(obj)}")
+    raw_id = obj.get("id")
+    envelope_id = raw_id if isinstance(raw_id, str) and raw_id else None
+    kind_key = next((entry for entry in _KINDS if entry[0] in obj), None)
+    if kind_key is None:
+        raise EnvelopeDecodeError(
+            "$: not an envelope (none of content, event, method, state is present)",
+            envelope_id=envelope_id,
+        )
+    key, kind, decoder = kind_key
+    # Counting brackets is C-speed; walk the tree only when it could be too deep.
+    if _bracket_count(data) > max_depth and _too_deep(obj, max_depth):
+        raise EnvelopeDecodeError(
+            f"$: nesting deeper than {max_depth} levels", envelope_id=envelope_id, kind=kind
+        )
+    if obj[key] is None:
+        raise EnvelopeDecodeError(f"$.{key}: must not be null", envelope_id=envelope_id, kind=kind)
+    reader = _Reader(obj, "$", envelope_id, kind)
+    try:
+        return decoder(reader)
+    except EnvelopeValidationError as exc:
+        raise EnvelopeDecodeError(f"$: {exc}", envelope_id=envelope_id, kind=kind) from None
+
+
+def _bracket_count(data: bytes | bytearray | memoryview | str) -> int:
+    if isinstance(data, str):
+        return data.count("{") + data.count("[")
+    raw = bytes(data) if isinstance(data, memoryview) else data
+    return raw.count(b"{") + raw.count(b"[")
+
+
+def decode_object(obj: Mapping[str, Any]) -> Envelope:
+    """Decode an already-parsed JSON object (used by adapters that receive dicts)."""
+    return decode(orjson.dumps(dict(obj)))

@@ -1,0 +1,165 @@
+"""Every exception RAIN raises on purpose.
+
+Library errors (orjson, pynacl, pyzmq, OS calls) are translated into these at one boundary per
+library, so callers only ever need to catch what is drawn here::
+
+    RainError
+    ├── ProtocolError                  the LIME protocol was not followed
+    │   ├── LocalProtocolError         ... by us: we tried something the state machine forbids
+    │   └── RemoteProtocolError        ... by the peer; carries the reason to answer with
+    │       └── EnvelopeDecodeError    bytes that are not a valid envelope (message names the JSON path)
+    ├── EnvelopeValidationError        (also ValueError) an envelope built with bad field values
+    ├── SessionError                   the session could not be established or has ended
+    │   ├── SessionFailed              the server sent `failed`; carries the reason
+    │   ├── AuthenticationFailed       credentials refused (code 13)
+    │   └── EstablishTimeout           (also TimeoutError) no established session in time
+    ├── CommandFailed                  a command answered with status failure; carries the reason
+    ├── CommandTimeout                 (also TimeoutError) no response in time
+    ├── ChannelClosed                  the channel ended while we were waiting on it
+    ├── KeyFileError                   a key file is missing, malformed or has unsafe permissions
+    ├── ConfigError                    (also ValueError) a configuration value is wrong; names the key
+    └── TransportError                 (also OSError) the link failed
+        ├── TransportClosed            the link has ended; nothing more will be received
+        ├── QueueFull                  the peer's queue is full; the frame was not sent
+        └── TransportSecurityError     the transport's security could not be set up safely
+
+Invariant: the receive path (decode, protocol, channel dispatch) lets nothing but these escape.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .envelopes import Reason
+
+__all__ = [
+    "AuthenticationFailed",
+    "ChannelClosed",
+    "CommandFailed",
+    "CommandTimeout",
+    "ConfigError",
+    "EnvelopeDecodeError",
+    "EnvelopeValidationError",
+    "EstablishTimeout",
+    "KeyFileError",
+    "LocalProtocolError",
+    "ProtocolError",
+    "QueueFull",
+    "RainError",
+    "RemoteProtocolError",
+    "SessionError",
+    "SessionFailed",
+    "TransportClosed",
+    "TransportError",
+    "TransportSecurityError",
+]
+
+
+class RainError(Exception):
+    """Root of every error RAIN raises on purpose."""
+
+
+class ProtocolError(RainError):
+    """The LIME protocol was not followed."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to do something the session state machine forbids (a bug in the caller)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol.
+
+    ``code`` is the LIME reason code to answer with (15 wrong state, 11 session error, ...).
+    """
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class EnvelopeDecodeError(RemoteProtocolError):
+    """The bytes received are not a valid envelope.
+
+    The message names the JSON path of the fault, e.g. ``$.reason.code: expected int, got str``.
+    ``envelope_id`` is the ``id`` of the offending object when it could be read, so a reply can
+    echo it; ``kind`` is the envelope kind when it could be told ("command", "message", ...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int = 21,
+        envelope_id: str | None = None,
+        kind: str | None = None,
+    ) -> None:
+        super().__init__(message, code)
+        self.envelope_id = envelope_id
+        self.kind = kind
+
+
+class EnvelopeValidationError(RainError, ValueError):
+    """An envelope (or a Node, or a Reason) was constructed with invalid field values."""
+
+
+class SessionError(RainError):
+    """The session could not be established, or it has ended."""
+
+
+class SessionFailed(SessionError):
+    """The server ended the session with ``failed``; ``reason`` says why."""
+
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(f"session failed: {reason}")
+        self.reason = reason
+
+
+class AuthenticationFailed(SessionFailed):
+    """The server refused our credentials (LIME code 13)."""
+
+
+class EstablishTimeout(SessionError, TimeoutError):
+    """No established session within the establishment timeout."""
+
+
+class CommandFailed(RainError):
+    """A command was answered with status ``failure``; ``reason`` and ``response`` say why."""
+
+    def __init__(self, reason: Reason, response: object = None) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+        self.response = response
+
+
+class CommandTimeout(RainError, TimeoutError):
+    """No response to a command within its timeout."""
+
+
+class ChannelClosed(RainError):
+    """The channel ended (finished, failed or link lost) while something was waiting on it."""
+
+
+class KeyFileError(RainError):
+    """A key file is missing, malformed, or has permissions that expose a secret."""
+
+
+class ConfigError(RainError, ValueError):
+    """A configuration value is wrong. The message names the key and what was expected."""
+
+
+class TransportError(RainError, OSError):
+    """The link to the peer failed."""
+
+
+class TransportClosed(TransportError):
+    """The link has ended: nothing more will be received and nothing can be sent."""
+
+
+class QueueFull(TransportError):
+    """The peer's queue is full (or the peer is unknown): the frame was not sent."""
+
+
+class TransportSecurityError(TransportError):
+    """The transport's security could not be set up safely, so it refuses to run."""

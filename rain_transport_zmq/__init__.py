@@ -1,0 +1,1 @@
+"""RAIN's ZeroMQ transport."""
