@@ -167,10 +167,7 @@ class _Reader:
         self.kind = kind
 
     def fail(self, key: str, message: str, code: int = 21) -> EnvelopeDecodeError:
-        return EnvelopeDecodeError(
-            f"{self.path}.{key}: {message}", code=code, envelope_id=self.envelope_id,
-            kind=self.kind,
-        )
+        return _error(f"{self.path}.{key}: {message}", self.obj, self.envelope_id, self.kind, code)
 
     def string(self, key: str, *, required: bool = False) -> str | None:
         value = self.obj.get(key)
@@ -201,7 +198,8 @@ class _Reader:
             return enum(text.lower())
         except ValueError:
             allowed = ", ".join(member.value for member in enum)
-            raise self.fail(key, f"unknown value {text!r} (expected one of {allowed})", code) from None
+            message = f"unknown value {text!r} (expected one of {allowed})"
+            raise self.fail(key, message, code) from None
 
     def enum_list(self, key: str, enum: type[Any]) -> tuple[Any, ...] | None:
         values = self.obj.get(key)
@@ -328,6 +326,21 @@ _KINDS: tuple[tuple[str, str, Callable[[_Reader], Envelope]], ...] = (
 )
 
 
+def _error(
+    message: str, obj: dict[str, Any], envelope_id: str | None, kind: str | None, code: int = 21
+) -> EnvelopeDecodeError:
+    method = obj.get("method")
+    known = isinstance(method, str) and method.lower() in _METHODS
+    return EnvelopeDecodeError(
+        message, code=code, envelope_id=envelope_id, kind=kind,
+        method=method.lower() if known and isinstance(method, str) else None,
+        is_response=obj.get("status") is not None,
+    )
+
+
+_METHODS = frozenset(member.value for member in CommandMethod)
+
+
 def _too_deep(value: Any, max_depth: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -335,9 +348,12 @@ def _too_deep(value: Any, max_depth: int) -> bool:
         if depth > max_depth:
             return True
         if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values() if isinstance(child, (dict, list)))
+            children: Any = item.values()
         elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
+            children = item
+        else:
+            continue
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return False
 
 
@@ -356,30 +372,29 @@ def decode(
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise EnvelopeDecodeError(f"$: not valid JSON: {exc}", code=22 if size == 0 else 21) from None
+        code = 22 if size == 0 else 21
+        raise EnvelopeDecodeError(f"$: not valid JSON: {exc}", code=code) from None
     if not isinstance(obj, dict):
         raise EnvelopeDecodeError(f"$: expected object, got {_type_name(obj)}")
     raw_id = obj.get("id")
     envelope_id = raw_id if isinstance(raw_id, str) and raw_id else None
     kind_key = next((entry for entry in _KINDS if entry[0] in obj), None)
     if kind_key is None:
-        raise EnvelopeDecodeError(
+        raise _error(
             "$: not an envelope (none of content, event, method, state is present)",
-            envelope_id=envelope_id,
+            obj, envelope_id, None,
         )
     key, kind, decoder = kind_key
     # Counting brackets is C-speed; walk the tree only when it could be too deep.
     if _bracket_count(data) > max_depth and _too_deep(obj, max_depth):
-        raise EnvelopeDecodeError(
-            f"$: nesting deeper than {max_depth} levels", envelope_id=envelope_id, kind=kind
-        )
+        raise _error(f"$: nesting deeper than {max_depth} levels", obj, envelope_id, kind)
     if obj[key] is None:
-        raise EnvelopeDecodeError(f"$.{key}: must not be null", envelope_id=envelope_id, kind=kind)
+        raise _error(f"$.{key}: must not be null", obj, envelope_id, kind)
     reader = _Reader(obj, "$", envelope_id, kind)
     try:
         return decoder(reader)
     except EnvelopeValidationError as exc:
-        raise EnvelopeDecodeError(f"$: {exc}", envelope_id=envelope_id, kind=kind) from None
+        raise _error(f"$: {exc}", obj, envelope_id, kind) from None
 
 
 def _bracket_count(data: bytes | bytearray | memoryview | str) -> int:

@@ -211,7 +211,7 @@ class Envelope:
 
     def __post_init__(self) -> None:
         if type(self) is Envelope:
-            raise TypeError("Envelope is abstract: build a Message, Notification, Command or Session")
+            raise TypeError("Envelope is abstract: build a Message, Notification, Command, Session")
         if self.id is not None:
             _check_str(self.id, "id", allow_empty=False)
         for name in ("from_", "to", "pp"):

@@ -7,7 +7,7 @@ library, so callers only ever need to catch what is drawn here::
     ├── ProtocolError                  the LIME protocol was not followed
     │   ├── LocalProtocolError         ... by us: we tried something the state machine forbids
     │   └── RemoteProtocolError        ... by the peer; carries the reason to answer with
-    │       └── EnvelopeDecodeError    bytes that are not a valid envelope (message names the JSON path)
+    │       └── EnvelopeDecodeError    bytes that are no valid envelope; message names the JSON path
     ├── EnvelopeValidationError        (also ValueError) an envelope built with bad field values
     ├── SessionError                   the session could not be established or has ended
     │   ├── SessionFailed              the server sent `failed`; carries the reason
@@ -17,7 +17,7 @@ library, so callers only ever need to catch what is drawn here::
     ├── CommandTimeout                 (also TimeoutError) no response in time
     ├── ChannelClosed                  the channel ended while we were waiting on it
     ├── KeyFileError                   a key file is missing, malformed or has unsafe permissions
-    ├── ConfigError                    (also ValueError) a configuration value is wrong; names the key
+    ├── ConfigError                    (also ValueError) a bad configuration value; names the key
     └── TransportError                 (also OSError) the link failed
         ├── TransportClosed            the link has ended; nothing more will be received
         ├── QueueFull                  the peer's queue is full; the frame was not sent
@@ -94,10 +94,15 @@ class EnvelopeDecodeError(RemoteProtocolError):
         code: int = 21,
         envelope_id: str | None = None,
         kind: str | None = None,
+        method: str | None = None,
+        is_response: bool = False,
     ) -> None:
         super().__init__(message, code)
         self.envelope_id = envelope_id
         self.kind = kind
+        #: For a command: its method when readable, and whether it was a response (never answered).
+        self.method = method
+        self.is_response = is_response
 
 
 class EnvelopeValidationError(RainError, ValueError):

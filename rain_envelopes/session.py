@@ -1,0 +1,210 @@
+"""The session state machine: every legal step of a LIME session in one table.
+
+Theory of operation
+-------------------
+A LIME session runs over one ordered link, so client and server see the same envelopes in the
+same order, and therefore walk through the same *phases*. A phase is a public
+:class:`SessionState` refined by whose turn it is (``negotiating`` is three phases: the server has
+offered, the client has chosen, the server has echoed). Each step is keyed by
+``(phase, sender, what was sent)`` where *what* is the state of a session envelope or the kind of
+any other envelope. For a given role, a step whose sender is that role is a *send*, any other a
+*receive*: a send that misses the table is our bug (:class:`LocalProtocolError`); a receive that
+misses it is the peer's (:class:`RemoteProtocolError`, code 15, which a server answers with
+``failed``). A miss never changes the phase.
+
+Only the server changes the session state; the client requests (``new``, a choice, credentials,
+``finishing``). Only session envelopes pass before ``established``; after the client asks to
+finish, the server may still deliver what it had in flight, the client may send nothing more.
+
+This module is pure: no I/O, no asyncio, no zmq. ``docs/explanation/session.md``'s diagram is
+generated from :data:`TRANSITIONS` by :func:`mermaid_diagram`.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, StrEnum
+
+from .envelopes import Command, Envelope, Message, Notification, Session, SessionState
+from .errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "PHASE_STATE",
+    "TRANSITIONS",
+    "Phase",
+    "Role",
+    "SessionMachine",
+    "Step",
+    "mermaid_diagram",
+    "step_of",
+]
+
+
+class Role(Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+    @property
+    def peer(self) -> Role:
+        return Role.SERVER if self is Role.CLIENT else Role.CLIENT
+
+
+class Phase(Enum):
+    START = "start"
+    NEW_SENT = "new sent"
+    NEGOTIATION_OFFERED = "negotiation offered"
+    NEGOTIATION_CHOSEN = "negotiation chosen"
+    NEGOTIATED = "negotiated"
+    AUTHENTICATION_OFFERED = "authentication offered"
+    AUTHENTICATION_ANSWERED = "authentication answered"
+    ESTABLISHED = "established"
+    FINISHING = "finishing"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+class Step(StrEnum):
+    """What an envelope is, for the table: a session state, or the kind of a non-session one."""
+
+    NEW = "new"
+    NEGOTIATING = "negotiating"
+    AUTHENTICATING = "authenticating"
+    ESTABLISHED = "established"
+    FINISHING = "finishing"
+    FINISHED = "finished"
+    FAILED = "failed"
+    MESSAGE = "message"
+    NOTIFICATION = "notification"
+    COMMAND = "command"
+
+
+#: The public session state each phase belongs to.
+PHASE_STATE: dict[Phase, SessionState] = {
+    Phase.START: SessionState.NEW,
+    Phase.NEW_SENT: SessionState.NEW,
+    Phase.NEGOTIATION_OFFERED: SessionState.NEGOTIATING,
+    Phase.NEGOTIATION_CHOSEN: SessionState.NEGOTIATING,
+    Phase.NEGOTIATED: SessionState.NEGOTIATING,
+    Phase.AUTHENTICATION_OFFERED: SessionState.AUTHENTICATING,
+    Phase.AUTHENTICATION_ANSWERED: SessionState.AUTHENTICATING,
+    Phase.ESTABLISHED: SessionState.ESTABLISHED,
+    Phase.FINISHING: SessionState.FINISHING,
+    Phase.FINISHED: SessionState.FINISHED,
+    Phase.FAILED: SessionState.FAILED,
+}
+
+TERMINAL = frozenset({Phase.FINISHED, Phase.FAILED})
+
+C, S = Role.CLIENT, Role.SERVER
+_TRAFFIC = (Step.MESSAGE, Step.NOTIFICATION, Step.COMMAND)
+
+
+def _build() -> dict[tuple[Phase, Role, Step], Phase]:
+    table: dict[tuple[Phase, Role, Step], Phase] = {
+        (Phase.START, C, Step.NEW): Phase.NEW_SENT,
+        # The server answers `new` with whichever stage comes first; each may be skipped.
+        (Phase.NEW_SENT, S, Step.NEGOTIATING): Phase.NEGOTIATION_OFFERED,
+        (Phase.NEW_SENT, S, Step.AUTHENTICATING): Phase.AUTHENTICATION_OFFERED,
+        (Phase.NEW_SENT, S, Step.ESTABLISHED): Phase.ESTABLISHED,
+        (Phase.NEGOTIATION_OFFERED, C, Step.NEGOTIATING): Phase.NEGOTIATION_CHOSEN,
+        (Phase.NEGOTIATION_CHOSEN, S, Step.NEGOTIATING): Phase.NEGOTIATED,
+        (Phase.NEGOTIATED, S, Step.AUTHENTICATING): Phase.AUTHENTICATION_OFFERED,
+        (Phase.NEGOTIATED, S, Step.ESTABLISHED): Phase.ESTABLISHED,
+        (Phase.AUTHENTICATION_OFFERED, C, Step.AUTHENTICATING): Phase.AUTHENTICATION_ANSWERED,
+        # Another round (e.g. a challenge after the client named its key) or the verdict.
+        (Phase.AUTHENTICATION_ANSWERED, S, Step.AUTHENTICATING): Phase.AUTHENTICATION_OFFERED,
+        (Phase.AUTHENTICATION_ANSWERED, S, Step.ESTABLISHED): Phase.ESTABLISHED,
+        (Phase.ESTABLISHED, C, Step.FINISHING): Phase.FINISHING,
+    }
+    for step in _TRAFFIC:
+        table[(Phase.ESTABLISHED, C, step)] = Phase.ESTABLISHED
+        table[(Phase.ESTABLISHED, S, step)] = Phase.ESTABLISHED
+        # After `finishing` the server may still deliver what it had in flight.
+        table[(Phase.FINISHING, S, step)] = Phase.FINISHING
+    # The server may end the session at any time: `failed` even before `new` (a client whose
+    # first frame is garbage is answered), `finished` once there is a session to finish.
+    for phase in Phase:
+        if phase not in TERMINAL:
+            table[(phase, S, Step.FAILED)] = Phase.FAILED
+            if phase is not Phase.START:
+                table[(phase, S, Step.FINISHED)] = Phase.FINISHED
+    return table
+
+
+#: Every legal step: ``(phase, sender, step) -> next phase``.
+TRANSITIONS: dict[tuple[Phase, Role, Step], Phase] = _build()
+
+_KIND_STEP: dict[type[Envelope], Step] = {
+    Message: Step.MESSAGE,
+    Notification: Step.NOTIFICATION,
+    Command: Step.COMMAND,
+}
+
+
+def step_of(envelope: Envelope) -> Step:
+    """The table step an envelope is."""
+    if isinstance(envelope, Session):
+        return Step(envelope.state.value)
+    return _KIND_STEP[type(envelope)]
+
+
+class SessionMachine:
+    """Tracks one side's view of a session and refuses every step the table does not allow."""
+
+    __slots__ = ("phase", "role")
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        self.phase = Phase.START
+
+    @property
+    def state(self) -> SessionState:
+        return PHASE_STATE[self.phase]
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL
+
+    def _advance(self, sender: Role, step: Step) -> None:
+        next_phase = TRANSITIONS.get((self.phase, sender, step))
+        if next_phase is None:
+            who = "we" if sender is self.role else f"the {sender.value}"
+            message = (
+                f"{who} cannot send {step.value} in session phase {self.phase.value!r} "
+                f"(state {self.state.value})"
+            )
+            if sender is self.role:
+                raise LocalProtocolError(message)
+            raise RemoteProtocolError(message, code=15)
+        self.phase = next_phase
+
+    def send(self, envelope: Envelope) -> None:
+        """Record that we send ``envelope``. Raises LocalProtocolError if that is illegal now."""
+        self._advance(self.role, step_of(envelope))
+
+    def receive(self, envelope: Envelope) -> None:
+        """Record that the peer sent ``envelope``. Raises RemoteProtocolError (code 15)."""
+        self._advance(self.role.peer, step_of(envelope))
+
+    def send_step(self, step: Step) -> None:
+        self._advance(self.role, step)
+
+    def receive_step(self, step: Step) -> None:
+        self._advance(self.role.peer, step)
+
+
+def mermaid_diagram() -> str:
+    """The state diagram of :data:`TRANSITIONS` in Mermaid syntax (for the docs)."""
+    lines = ["stateDiagram-v2", "    [*] --> start"]
+    edges: dict[tuple[Phase, Phase], list[str]] = {}
+    for (phase, sender, step), target in TRANSITIONS.items():
+        if phase is target and step in _TRAFFIC:
+            continue
+        edges.setdefault((phase, target), []).append(f"{sender.value[0].upper()}: {step.value}")
+    for (source, target), labels in edges.items():
+        name = lambda p: p.value.replace(" ", "_")  # noqa: E731
+        lines.append(f"    {name(source)} --> {name(target)}: {', '.join(labels)}")
+    lines.append("    established --> established: C/S: message, notification, command")
+    lines.append("    finishing --> finishing: S: message, notification, command")
+    lines.append("    finished --> [*]")
+    lines.append("    failed --> [*]")
+    return "\n".join(lines) + "\n"
