@@ -1,1 +1,125 @@
-"""RAIN: LIME-style envelopes for research instruments. Public API re-exported here."""
+"""RAIN: LIME-style envelopes for research instruments, over any transport.
+
+Everything a user needs is importable from here::
+
+    from rain_envelopes import ClientChannel, Command, connect
+
+    channel = await connect("tcp://127.0.0.1:4505", identity=keys, server_key=server_pub)
+    reply = await channel.send_command(Command("get", "/params/temp"))
+
+Layers (each enforced by a test): the protocol core (``envelopes``, ``node``, ``codec``,
+``session``, ``protocol``, ``auth``, ``keys``) does no I/O and imports neither asyncio nor zmq;
+``transport`` and ``channel`` are the asyncio shell; this package never imports zmq: the ZeroMQ
+transport is found through the ``rain_envelopes.transports`` entry-point group.
+"""
+
+from .auth import ClientCredentials, ServerAuthenticator
+from .channel import Channel, ClientChannel, ServerChannel, connect
+from .codec import decode, encode
+from .envelopes import (
+    AuthenticationScheme,
+    Command,
+    CommandMethod,
+    CommandStatus,
+    Envelope,
+    Message,
+    Notification,
+    NotificationEvent,
+    Reason,
+    ReasonCode,
+    Session,
+    SessionCompression,
+    SessionEncryption,
+    SessionState,
+)
+from .errors import (
+    AuthenticationFailed,
+    ChannelClosed,
+    CommandFailed,
+    CommandTimeout,
+    ConfigError,
+    EnvelopeDecodeError,
+    EnvelopeValidationError,
+    EstablishTimeout,
+    KeyFileError,
+    LocalProtocolError,
+    ProtocolError,
+    QueueFull,
+    RainError,
+    RemoteProtocolError,
+    SessionError,
+    SessionFailed,
+    TransportClosed,
+    TransportError,
+    TransportSecurityError,
+)
+from .keys import AuthorizedKeys, Identity, KnownHosts
+from .node import Node
+from .protocol import ClientProtocol, NodeRegistry, ServerProtocol
+from .transport import (
+    ClientSecurity,
+    ServerSecurity,
+    Transport,
+    TransportFactory,
+    TransportListener,
+    transport_factory,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationFailed",
+    "AuthenticationScheme",
+    "AuthorizedKeys",
+    "Channel",
+    "ChannelClosed",
+    "ClientChannel",
+    "ClientCredentials",
+    "ClientProtocol",
+    "ClientSecurity",
+    "Command",
+    "CommandFailed",
+    "CommandMethod",
+    "CommandStatus",
+    "CommandTimeout",
+    "ConfigError",
+    "Envelope",
+    "EnvelopeDecodeError",
+    "EnvelopeValidationError",
+    "EstablishTimeout",
+    "Identity",
+    "KeyFileError",
+    "KnownHosts",
+    "LocalProtocolError",
+    "Message",
+    "Node",
+    "NodeRegistry",
+    "Notification",
+    "NotificationEvent",
+    "ProtocolError",
+    "QueueFull",
+    "RainError",
+    "Reason",
+    "ReasonCode",
+    "RemoteProtocolError",
+    "ServerAuthenticator",
+    "ServerChannel",
+    "ServerProtocol",
+    "ServerSecurity",
+    "Session",
+    "SessionCompression",
+    "SessionEncryption",
+    "SessionError",
+    "SessionFailed",
+    "SessionState",
+    "Transport",
+    "TransportClosed",
+    "TransportError",
+    "TransportFactory",
+    "TransportListener",
+    "TransportSecurityError",
+    "connect",
+    "decode",
+    "encode",
+    "transport_factory",
+]

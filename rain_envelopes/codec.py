@@ -265,6 +265,7 @@ class _Reader:
 
 def _decode_message(r: _Reader) -> Message:
     media_type = r.string("type", required=True)
+    assert media_type is not None
     return Message(
         media_type, r.obj["content"], extras=r.extras(_KIND_KEYS[Message]), **r.common()
     )

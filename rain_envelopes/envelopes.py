@@ -293,13 +293,11 @@ class Command(Envelope):
             _check_str(self.type, "command type", allow_empty=False)
         if self.reason is not None and not isinstance(self.reason, Reason):
             raise EnvelopeValidationError("command reason must be a Reason")
+        # A request built without an id gets one from the channel that sends it; the codec
+        # refuses one on the wire (only observe may go without).
         if self.status is None:
             if self.uri is None:
                 raise EnvelopeValidationError("a command request needs a uri")
-            if self.id is None and self.method is not CommandMethod.OBSERVE:
-                raise EnvelopeValidationError(
-                    "a command request needs an id (only observe may go without one)"
-                )
         elif self.status is CommandStatus.FAILURE and self.reason is None:
             raise EnvelopeValidationError("a failure response needs a reason")
         if self.resource is not None and self.type is None:

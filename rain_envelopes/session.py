@@ -192,6 +192,10 @@ class SessionMachine:
         self._advance(self.role.peer, step)
 
 
+def _name(phase: Phase) -> str:
+    return phase.value.replace(" ", "_")
+
+
 def mermaid_diagram() -> str:
     """The state diagram of :data:`TRANSITIONS` in Mermaid syntax (for the docs)."""
     lines = ["stateDiagram-v2", "    [*] --> start"]
@@ -201,8 +205,7 @@ def mermaid_diagram() -> str:
             continue
         edges.setdefault((phase, target), []).append(f"{sender.value[0].upper()}: {step.value}")
     for (source, target), labels in edges.items():
-        name = lambda p: p.value.replace(" ", "_")  # noqa: E731
-        lines.append(f"    {name(source)} --> {name(target)}: {', '.join(labels)}")
+        lines.append(f"    {_name(source)} --> {_name(target)}: {', '.join(labels)}")
     lines.append("    established --> established: C/S: message, notification, command")
     lines.append("    finishing --> finishing: S: message, notification, command")
     lines.append("    finished --> [*]")

@@ -1,0 +1,736 @@
+"""Channels: the asyncio shell around the sans-I/O protocol objects.
+
+One reader task per channel pumps ``transport.receive()`` through the protocol and dispatches:
+command responses resolve the future registered under the request id (``pending`` is never
+final); ``observe`` commands go to subscription callbacks for their exact URI; ``get /ping`` is
+answered here and never reaches the application; other commands go to ``on_command``, messages
+to ``on_message``, notifications to ``on_notification``. Callbacks may be plain functions or
+coroutine functions; their exceptions are logged, never fatal to the channel.
+
+Invariants:
+- every pending request is failed (ChannelClosed, or SessionFailed with the reason) when the
+  session ends, and a timeout is raised in the caller's task, never in a callback;
+- receipts go only for messages that carry an id and were meant for us, to ``pp`` else ``from``;
+- command ids are a per-channel random prefix plus a counter (cheap, unique per session);
+- frames leave in the order the protocol queued them (one flush lock per channel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from .auth import ClientCredentials, ServerAuthenticator
+from .envelopes import (
+    Command,
+    CommandMethod,
+    CommandStatus,
+    Envelope,
+    Message,
+    Notification,
+    NotificationEvent,
+    Reason,
+    ReasonCode,
+    Session,
+    SessionCompression,
+    SessionEncryption,
+)
+from .errors import (
+    AuthenticationFailed,
+    ChannelClosed,
+    CommandFailed,
+    CommandTimeout,
+    EstablishTimeout,
+    LocalProtocolError,
+    RemoteProtocolError,
+    SessionError,
+    SessionFailed,
+    TransportClosed,
+    TransportError,
+)
+from .keys import Identity
+from .node import Node
+from .protocol import ClientProtocol, NodeRegistry, ServerProtocol, _Protocol
+from .transport import ClientSecurity, Transport, transport_factory
+
+__all__ = [
+    "PING_MEDIA_TYPE",
+    "Channel",
+    "ClientChannel",
+    "ServerChannel",
+    "connect",
+]
+
+log = logging.getLogger("rain.channel")
+
+PING_URI = "/ping"
+PING_MEDIA_TYPE = "application/vnd.lime.ping+json"
+
+_T = TypeVar("_T")
+MessageHandler = Callable[[Message], object]
+NotificationHandler = Callable[[Notification], object]
+#: Returns the response (or None to send none); may be a coroutine function.
+CommandHandler = Callable[[Command], "Command | Awaitable[Command | None] | None"]
+ObserveCallback = Callable[[Command], object]
+
+
+def _normalise_uri(uri: str) -> str:
+    # LIME: a trailing '/' is ignored.
+    return uri[:-1] if len(uri) > 1 and uri.endswith("/") else uri
+
+
+class Channel:
+    """What client and server channels share. Not made directly: use a subclass."""
+
+    _protocol: _Protocol
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        command_timeout: float = 10.0,
+        establish_timeout: float = 10.0,
+        ping_interval: float | None = None,
+        ping_timeout: float = 5.0,
+    ) -> None:
+        self.transport = transport
+        self.command_timeout = command_timeout
+        self.establish_timeout = establish_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.on_message: MessageHandler | None = None
+        self.on_notification: NotificationHandler | None = None
+        self.on_command: CommandHandler | None = None
+        self._pending: dict[str, asyncio.Future[Command]] = {}
+        self._subscriptions: dict[str, list[ObserveCallback]] = {}
+        self._id_prefix = os.urandom(4).hex() + "-"
+        self._id_counter = itertools.count(1)
+        self._send_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self._established: asyncio.Future[None] | None = None
+        self._closed = asyncio.Event()
+        self._closing = False
+        self._last_received = 0.0
+        #: Why the channel ended, once it has (None for a clean finish).
+        self.close_reason: Reason | None = None
+
+    # ------------------------------------------------------------------ state, for the caller
+
+    @property
+    def session(self) -> Session | None:
+        """The ``established`` session envelope, once established."""
+        return self._protocol.established
+
+    @property
+    def session_id(self) -> str | None:
+        return self._protocol.session_id
+
+    @property
+    def local_node(self) -> Node | None:
+        return self._protocol.local_node
+
+    @property
+    def remote_node(self) -> Node | None:
+        return self._protocol.remote_node
+
+    @property
+    def state(self) -> Any:
+        """The session state (a SessionState)."""
+        return self._protocol.state
+
+    @property
+    def compression(self) -> SessionCompression:
+        return self._protocol.compression
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        """Wait until the channel has ended (finished, failed or link lost)."""
+        await self._closed.wait()
+
+    def new_id(self) -> str:
+        """A fresh id for an envelope sent on this channel."""
+        return f"{self._id_prefix}{next(self._id_counter)}"
+
+    # ---------------------------------------------------------------------------- sending
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            for data in self._protocol.data_to_send():
+                await self.transport.send(data)
+
+    async def send(self, envelope: Envelope) -> None:
+        """Send any envelope as it is (no response awaited).
+
+        Raises LocalProtocolError when the session state forbids it (e.g. before
+        ``established``), ChannelClosed once the channel has ended, TransportError on a
+        failed link (QueueFull when the peer's queue is full).
+        """
+        if self.closed:
+            raise ChannelClosed("the channel has ended")
+        self._protocol.send(envelope)
+        await self._flush()
+
+    async def send_message(self, message: Message) -> None:
+        """Send a message. With an ``id`` the peer answers with receipts (``on_notification``)."""
+        await self.send(message)
+
+    async def send_notification(self, notification: Notification) -> None:
+        await self.send(notification)
+
+    async def send_command(self, command: Command, *, timeout: float | None = None) -> Command:
+        """Send a command request and return its response, whatever its status.
+
+        An id is assigned when the command has none. Raises CommandTimeout (also a
+        TimeoutError) when no final response arrives within ``timeout`` (default
+        ``command_timeout``), ChannelClosed or SessionFailed when the session ends first.
+        """
+        if command.is_response or command.method is CommandMethod.OBSERVE:
+            raise LocalProtocolError("send_command is for requests; use send() for one-way ones")
+        if command.id is None:
+            command = command.replace(id=self.new_id())
+        assert command.id is not None
+        if command.id in self._pending:
+            raise LocalProtocolError(f"a request with id {command.id!r} is already pending")
+        future: asyncio.Future[Command] = asyncio.get_running_loop().create_future()
+        self._pending[command.id] = future
+        try:
+            await self.send(command)
+            async with asyncio.timeout(self.command_timeout if timeout is None else timeout):
+                return await future
+        except TimeoutError:
+            raise CommandTimeout(
+                f"no response to {command.method.value} {command.uri} within "
+                f"{self.command_timeout if timeout is None else timeout:g} s"
+            ) from None
+        finally:
+            self._pending.pop(command.id, None)
+
+    async def _request(
+        self, method: CommandMethod, uri: str, timeout: float | None, **fields: Any
+    ) -> Command:
+        response = await self.send_command(Command(method, uri, **fields), timeout=timeout)
+        if response.status is CommandStatus.FAILURE:
+            assert response.reason is not None
+            raise CommandFailed(response.reason, response)
+        return response
+
+    async def get(self, uri: str, *, timeout: float | None = None) -> Command:
+        """GET ``uri``; returns the success response (``.resource`` holds the value).
+
+        Raises CommandFailed (with ``.reason``) on failure, CommandTimeout, ChannelClosed.
+        """
+        return await self._request(CommandMethod.GET, uri, timeout)
+
+    async def set(
+        self,
+        uri: str,
+        value: Any,
+        *,
+        type: str = "application/json",
+        timeout: float | None = None,
+    ) -> Command:
+        """SET ``uri`` to ``value``; raises like :meth:`get`."""
+        return await self._request(CommandMethod.SET, uri, timeout, resource=value, type=type)
+
+    async def delete(self, uri: str, *, timeout: float | None = None) -> Command:
+        """DELETE ``uri``; raises like :meth:`get`."""
+        return await self._request(CommandMethod.DELETE, uri, timeout)
+
+    async def subscribe(
+        self, uri: str, callback: ObserveCallback, *, timeout: float | None = None
+    ) -> Command:
+        """Subscribe to ``uri``: ``callback(observe_command)`` runs for every update.
+
+        The callback is registered before the request leaves, so no update that follows the
+        response can be missed. Returns the response (a RAIN server puts the current sample
+        in it). Raises like :meth:`get`; on failure the callback is removed again.
+        """
+        key = _normalise_uri(uri)
+        callbacks = self._subscriptions.setdefault(key, [])
+        callbacks.append(callback)
+        try:
+            return await self._request(CommandMethod.SUBSCRIBE, uri, timeout)
+        except BaseException:
+            callbacks.remove(callback)
+            if not callbacks:
+                self._subscriptions.pop(key, None)
+            raise
+
+    async def unsubscribe(self, uri: str, *, timeout: float | None = None) -> Command:
+        """Unsubscribe from ``uri`` and drop its callbacks; raises like :meth:`get`."""
+        self._subscriptions.pop(_normalise_uri(uri), None)
+        return await self._request(CommandMethod.UNSUBSCRIBE, uri, timeout)
+
+    async def ping(self, *, timeout: float | None = None) -> float:
+        """Round-trip a ``get /ping``; returns the seconds it took. Raises like :meth:`get`."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._request(CommandMethod.GET, PING_URI, timeout)
+        return loop.time() - started
+
+    # ---------------------------------------------------------------------------- receiving
+
+    def _start_reader(self) -> None:
+        if self._reader is None:
+            self._last_received = asyncio.get_running_loop().time()
+            self._reader = asyncio.create_task(self._read_loop(), name=f"rain-reader-{self}")
+
+    async def _read_loop(self) -> None:
+        reason: Reason | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._protocol.closed:
+                data = await self.transport.receive()
+                self._last_received = loop.time()
+                try:
+                    self._protocol.receive_data(data)
+                except RemoteProtocolError as exc:
+                    log.warning("%s: peer broke the protocol: %s", self, exc)
+                    self._protocol.reply_to_error(exc)
+                await self._dispatch_all()
+                await self._flush()
+                if self._established is not None and not self._established.done() and (
+                    self._protocol.is_established
+                ):
+                    self._established.set_result(None)
+            reason = self._protocol.failure
+        except TransportClosed:
+            reason = self._protocol.failure
+        except TransportError as exc:
+            log.warning("%s: link failed: %s", self, exc)
+            reason = Reason(ReasonCode.SESSION_ERROR, f"link failed: {exc}")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours: log it and end the channel rather than hang
+            log.exception("%s: reader failed", self)
+            reason = Reason(ReasonCode.GENERAL_ERROR, "internal error in the channel")
+        finally:
+            if not self._closing:
+                await self._shutdown(reason)
+
+    async def _dispatch_all(self) -> None:
+        for envelope in self._protocol.events_received():
+            if isinstance(envelope, Command):
+                self._dispatch_command(envelope)
+            elif isinstance(envelope, Message):
+                self._dispatch_message(envelope)
+            elif isinstance(envelope, Notification):
+                self._dispatch_notification(envelope)
+
+    def _dispatch_command(self, command: Command) -> None:
+        if command.status is not None:
+            if command.status is CommandStatus.PENDING or command.id is None:
+                return  # `pending` is never a final answer
+            future = self._pending.get(command.id)
+            if future is not None and not future.done():
+                future.set_result(command)
+            else:
+                log.debug("%s: response to unknown request %s dropped", self, command.id)
+            return
+        if command.method is CommandMethod.OBSERVE:
+            for callback in list(self._subscriptions.get(_normalise_uri(command.uri or ""), ())):
+                self._call(callback, command, "observe callback")
+            return
+        if command.method is CommandMethod.GET and command.uri == PING_URI:
+            self._reply(command.success({}, PING_MEDIA_TYPE))
+            return
+        handler = self.on_command
+        if handler is None:
+            self._reply(command.failure(
+                ReasonCode.COMMAND_RESOURCE_NOT_SUPPORTED, f"no resource {command.uri}"
+            ))
+            return
+        try:
+            result = handler(command)
+        except Exception:
+            log.exception("%s: command handler failed for %s %s", self, command.method, command.uri)
+            self._reply(command.failure(ReasonCode.APPLICATION_ERROR, "the handler failed"))
+            return
+        if inspect.isawaitable(result):
+            self._spawn(self._finish_command(command, result))
+        elif isinstance(result, Command):
+            self._reply(result)
+
+    async def _finish_command(self, command: Command, pending: Awaitable[Any]) -> None:
+        try:
+            result = await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: command handler failed for %s %s", self, command.method, command.uri)
+            result = command.failure(ReasonCode.APPLICATION_ERROR, "the handler failed")
+        if isinstance(result, Command):
+            await self._send_quietly(result)
+
+    def _reply(self, envelope: Envelope) -> None:
+        # Called from dispatch: queue now, the reader flushes after the batch.
+        try:
+            self._protocol.send(envelope)
+        except LocalProtocolError as exc:
+            log.debug("%s: reply dropped: %s", self, exc)
+
+    async def _send_quietly(self, envelope: Envelope) -> None:
+        if self.closed:
+            return
+        try:
+            await self.send(envelope)
+        except (LocalProtocolError, ChannelClosed, TransportError) as exc:
+            log.debug("%s: could not send %s: %s", self, type(envelope).__name__, exc)
+
+    def _for_us(self, message: Message) -> bool:
+        to = message.to
+        if to is None or self.local_node is None:
+            return True
+        return to == self.local_node or (to.instance is None and to.same_identity(self.local_node))
+
+    def _dispatch_message(self, message: Message) -> None:
+        wants_receipts = message.id is not None and self._for_us(message)
+        if wants_receipts:
+            self._reply(self._receipt(message, NotificationEvent.RECEIVED))
+        handler = self.on_message
+        if handler is None:
+            return
+        try:
+            result = handler(message)
+        except Exception:
+            log.exception("%s: message handler failed", self)
+            if wants_receipts:
+                self._reply(self._failed_receipt(message))
+            return
+        if inspect.isawaitable(result):
+            self._spawn(self._finish_message(message, result, wants_receipts))
+        elif wants_receipts:
+            self._reply(self._receipt(message, NotificationEvent.CONSUMED))
+
+    async def _finish_message(
+        self, message: Message, pending: Awaitable[Any], wants_receipts: bool
+    ) -> None:
+        try:
+            await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: message handler failed", self)
+            if wants_receipts:
+                await self._send_quietly(self._failed_receipt(message))
+            return
+        if wants_receipts:
+            await self._send_quietly(self._receipt(message, NotificationEvent.CONSUMED))
+
+    @staticmethod
+    def _receipt(message: Message, event: NotificationEvent) -> Notification:
+        return Notification(event, id=message.id, to=message.sender)
+
+    @staticmethod
+    def _failed_receipt(message: Message) -> Notification:
+        reason = Reason(ReasonCode.APPLICATION_ERROR, "the message handler failed")
+        return Notification(NotificationEvent.FAILED, reason, id=message.id, to=message.sender)
+
+    def _dispatch_notification(self, notification: Notification) -> None:
+        # A failed notification about one of our requests (a peer that could not read it) ends
+        # the wait at once instead of leaving it to time out.
+        if notification.event is NotificationEvent.FAILED and notification.id in self._pending:
+            future = self._pending[notification.id]
+            if not future.done():
+                assert notification.reason is not None
+                future.set_exception(CommandFailed(notification.reason, notification))
+        if self.on_notification is not None:
+            self._call(self.on_notification, notification, "notification handler")
+
+    def _call(self, callback: Callable[[_T], object], argument: _T, what: str) -> None:
+        try:
+            result = callback(argument)
+        except Exception:
+            log.exception("%s: %s failed", self, what)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(self._await_logged(result, what))
+
+    async def _await_logged(self, pending: Awaitable[Any], what: str) -> None:
+        try:
+            await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: %s failed", self, what)
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------------------------- keepalive
+
+    def _start_keepalive(self) -> None:
+        if self.ping_interval is not None and self._keepalive is None:
+            self._keepalive = asyncio.create_task(self._keepalive_loop())
+
+    async def _keepalive_loop(self) -> None:
+        assert self.ping_interval is not None
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            idle = loop.time() - self._last_received
+            if idle < self.ping_interval:
+                # A timer, not synchronisation: wake when the link would have been idle long.
+                await asyncio.sleep(self.ping_interval - idle)
+                continue
+            try:
+                await self.ping(timeout=self.ping_timeout)
+            except (CommandTimeout, CommandFailed):
+                log.warning("%s: peer silent for %.1f s; ending the session", self, idle)
+                self._spawn(self._end_silent())
+                return
+            except (ChannelClosed, SessionError, TransportError):
+                return
+
+    async def _end_silent(self) -> None:
+        await self._shutdown(Reason(ReasonCode.SESSION_ERROR, "peer did not answer pings"))
+
+    # ---------------------------------------------------------------------------- ending
+
+    async def close(self) -> None:
+        """End the channel at once, without the finishing handshake. Idempotent."""
+        await self._shutdown(self.close_reason)
+
+    async def _shutdown(self, reason: Reason | None) -> None:
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self.close_reason = reason
+        if reason is not None:
+            error: Exception = (
+                AuthenticationFailed(reason)
+                if reason.code == ReasonCode.SESSION_AUTHENTICATION_FAILED
+                else SessionFailed(reason)
+            )
+        else:
+            error = ChannelClosed("the session ended")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        if self._established is not None and not self._established.done():
+            self._established.set_exception(error)
+            self._established.exception()  # retrieved: nobody may be waiting any more
+        current = asyncio.current_task()
+        for task in [self._reader, self._keepalive, *self._tasks]:
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+        await self.transport.close()
+        self._on_closed()
+        self._closed.set()
+
+    def _on_closed(self) -> None:
+        """Subclass hook: release what the session held."""
+
+    async def __aenter__(self: _C) -> _C:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.finish()
+
+    async def finish(self) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.session_id or '-'} {self.state.value}>"
+
+
+_C = TypeVar("_C", bound=Channel)
+
+
+class ClientChannel(Channel):
+    """The client side of a session.
+
+    ``channel = await ClientChannel(transport, identity=keys).establish_session()``.
+    ``identity`` is the Ed25519 identity used for ``keypair`` authentication (and, over a
+    CURVE-secured transport, proven by the transport itself); ``node`` is the node we claim
+    (the server decides the identity from what is proven and tells us in ``local_node``).
+    """
+
+    _protocol: ClientProtocol
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        node: Node | str | None = None,
+        identity: Identity | None = None,
+        compression: SessionCompression = SessionCompression.NONE,
+        allow_guest: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__(transport, **options)
+        credentials = ClientCredentials(
+            identity=identity,
+            transport_secured=transport.encryption is not SessionEncryption.NONE,
+            allow_guest=allow_guest,
+        )
+        self._protocol = ClientProtocol(node=node, credentials=credentials, compression=compression)
+
+    async def establish_session(self, *, timeout: float | None = None) -> ClientChannel:
+        """Open the transport and run the session to ``established``; returns the channel.
+
+        Raises EstablishTimeout (also TimeoutError) past ``timeout`` (default
+        ``establish_timeout``), AuthenticationFailed when credentials are refused,
+        SessionFailed for any other refusal, SessionError/TransportError when the link fails.
+        """
+        limit = self.establish_timeout if timeout is None else timeout
+        self._established = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(limit):
+                await self.transport.open()
+                self._protocol.start()
+                self._start_reader()
+                await self._flush()
+                await asyncio.shield(self._established)
+        except TimeoutError:
+            await self._shutdown(Reason(ReasonCode.SESSION_NEGOTIATION_TIMEOUT, "timed out"))
+            raise EstablishTimeout(f"no established session within {limit:g} s") from None
+        except (RemoteProtocolError, TransportError) as exc:
+            await self._shutdown(Reason(ReasonCode.SESSION_ERROR, str(exc)))
+            raise
+        except BaseException:
+            await self._shutdown(self.close_reason)
+            raise
+        self._start_keepalive()
+        return self
+
+    async def finish(self, *, timeout: float = 5.0) -> None:
+        """End the session politely: ``finishing``, wait for ``finished``, close. Idempotent."""
+        if self.closed:
+            return
+        if self._protocol.is_established:
+            try:
+                self._protocol.finish()
+                await self._flush()
+                async with asyncio.timeout(timeout):
+                    await self._closed.wait()
+                return
+            except (TimeoutError, TransportError, LocalProtocolError):
+                pass
+        await self.close()
+
+
+class ServerChannel(Channel):
+    """The server side of a session; the authenticated identity is ``remote_identity``."""
+
+    _protocol: ServerProtocol
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        node: Node | str,
+        authenticator: ServerAuthenticator | None,
+        registry: NodeRegistry | None = None,
+        compression_options: tuple[SessionCompression, ...] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(transport, **options)
+        self.registry = registry
+        self._protocol = ServerProtocol(
+            node=node,
+            authenticator=authenticator,
+            peer_identity=transport.peer_identity,
+            compression_options=compression_options or transport.compression_options,
+            encryption=transport.encryption,
+            registry=registry,
+        )
+
+    @property
+    def remote_identity(self) -> str | None:
+        """The authenticated identity name ("alice@irf"); never what the client claimed."""
+        return self._protocol.remote_identity
+
+    async def establish_session(self, *, timeout: float | None = None) -> ServerChannel:
+        """Serve the establishment until ``established``; returns the channel.
+
+        Raises EstablishTimeout when the client does not complete in time (the session is
+        failed with code 16), SessionFailed when it was refused (bad credentials, ...).
+        """
+        limit = self.establish_timeout if timeout is None else timeout
+        self._established = asyncio.get_running_loop().create_future()
+        self._start_reader()
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.shield(self._established)
+        except TimeoutError:
+            await self._fail_quietly(
+                Reason(ReasonCode.SESSION_NEGOTIATION_TIMEOUT, "establishment timed out")
+            )
+            raise EstablishTimeout(f"client did not establish within {limit:g} s") from None
+        self._start_keepalive()
+        return self
+
+    async def _fail_quietly(self, reason: Reason) -> None:
+        try:
+            self._protocol.fail(reason)
+            await self._flush()
+        except (LocalProtocolError, TransportError):
+            pass
+        await self._shutdown(reason)
+
+    async def finish(self) -> None:
+        """End the session with ``finished`` and close. Idempotent."""
+        if self.closed:
+            return
+        try:
+            self._protocol.finish()
+            await self._flush()
+        except (LocalProtocolError, TransportError):
+            pass
+        await self._shutdown(None)
+
+    async def fail(self, reason: Reason) -> None:
+        """End the session with ``failed`` and ``reason``, then close. Idempotent."""
+        if not self.closed:
+            await self._fail_quietly(reason)
+
+    def _on_closed(self) -> None:
+        if self.registry is not None:
+            self.registry.unregister(self._protocol.remote_node)
+
+
+async def connect(
+    endpoint: str,
+    *,
+    identity: Identity | None = None,
+    server_key: bytes | None = None,
+    node: Node | str | None = None,
+    insecure: bool = False,
+    establish_timeout: float = 10.0,
+    transport_options: dict[str, Any] | None = None,
+    **channel_options: Any,
+) -> ClientChannel:
+    """Connect to ``endpoint`` (``tcp://host:port``, ``ipc://path``, ``memory://name``) and
+    establish a session; returns the ClientChannel.
+
+    Raises ConfigError for an endpoint no installed transport handles, and whatever
+    :meth:`ClientChannel.establish_session` raises.
+    """
+    factory = transport_factory(endpoint)
+    transport = factory.connect(
+        endpoint,
+        ClientSecurity(identity=identity, server_key=server_key, insecure=insecure),
+        transport_options,
+    )
+    channel = ClientChannel(
+        transport, node=node, identity=identity, establish_timeout=establish_timeout,
+        **channel_options,
+    )
+    try:
+        return await channel.establish_session()
+    except BaseException:
+        await transport.close()
+        raise
