@@ -1,0 +1,119 @@
+"""Every cell of the session transition table, for both roles and both directions.
+
+For each (phase, sender, step) the table either names the next phase, in which case both the
+sending role (``send``) and the receiving role (``receive``) move there, or it does not, in
+which case the sender's machine raises LocalProtocolError, the receiver's RemoteProtocolError
+(code 15), and neither changes phase.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from rain_envelopes.envelopes import Command, Message, Notification, Reason, Session
+from rain_envelopes.errors import LocalProtocolError, RemoteProtocolError
+from rain_envelopes.session import (
+    PHASE_STATE,
+    TRANSITIONS,
+    Phase,
+    Role,
+    SessionMachine,
+    Step,
+    mermaid_diagram,
+    step_of,
+)
+
+CELLS = list(itertools.product(Phase, Role, Step))
+
+
+def _cell_id(cell: tuple[Phase, Role, Step]) -> str:
+    phase, sender, step = cell
+    return f"{phase.value}|{sender.value}|{step.value}"
+
+
+def _machine(role: Role, phase: Phase) -> SessionMachine:
+    machine = SessionMachine(role)
+    machine.phase = phase
+    return machine
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=_cell_id)
+def test_every_cell(cell: tuple[Phase, Role, Step]) -> None:
+    phase, sender, step = cell
+    expected = TRANSITIONS.get(cell)
+    as_sender = _machine(sender, phase)
+    as_receiver = _machine(sender.peer, phase)
+    if expected is None:
+        with pytest.raises(LocalProtocolError):
+            as_sender.send_step(step)
+        with pytest.raises(RemoteProtocolError) as caught:
+            as_receiver.receive_step(step)
+        assert caught.value.code == 15
+        assert as_sender.phase is phase
+        assert as_receiver.phase is phase
+    else:
+        as_sender.send_step(step)
+        as_receiver.receive_step(step)
+        assert as_sender.phase is expected
+        assert as_receiver.phase is expected
+
+
+def test_table_has_the_documented_shape() -> None:
+    legal = {key for key in TRANSITIONS}
+    # Only the server ends sessions or changes state; the client only requests.
+    client_steps = {step for (_, sender, step) in legal if sender is Role.CLIENT}
+    assert client_steps == {
+        Step.NEW, Step.NEGOTIATING, Step.AUTHENTICATING, Step.FINISHING,
+        Step.MESSAGE, Step.NOTIFICATION, Step.COMMAND,
+    }
+    # Nothing leaves a terminal phase.
+    assert not [key for key in legal if key[0] in (Phase.FINISHED, Phase.FAILED)]
+    # Only session envelopes pass before established.
+    traffic = {Step.MESSAGE, Step.NOTIFICATION, Step.COMMAND}
+    early = [key for key in legal if key[2] in traffic and key[0] not in (
+        Phase.ESTABLISHED, Phase.FINISHING)]
+    assert early == []
+    # The server can fail the session from every non-terminal phase.
+    for phase in Phase:
+        if phase not in (Phase.FINISHED, Phase.FAILED):
+            assert TRANSITIONS[(phase, Role.SERVER, Step.FAILED)] is Phase.FAILED
+    # A client accepts negotiating, authenticating, established or failed in reply to new.
+    replies = {step for (phase, sender, step) in legal if phase is Phase.NEW_SENT}
+    assert replies == {
+        Step.NEGOTIATING, Step.AUTHENTICATING, Step.ESTABLISHED, Step.FAILED, Step.FINISHED
+    }
+
+
+def test_every_phase_has_a_public_state() -> None:
+    assert set(PHASE_STATE) == set(Phase)
+
+
+def test_step_of_each_envelope_kind() -> None:
+    assert step_of(Message("text/plain", "x")) is Step.MESSAGE
+    assert step_of(Notification("received", id="1")) is Step.NOTIFICATION
+    assert step_of(Command("get", "/x", id="1")) is Step.COMMAND
+    assert step_of(Session("failed", reason=Reason(1))) is Step.FAILED
+
+
+def test_machine_send_and_receive_take_envelopes() -> None:
+    client = SessionMachine(Role.CLIENT)
+    client.send(Session("new"))
+    assert client.phase is Phase.NEW_SENT
+    with pytest.raises(LocalProtocolError):
+        client.send(Command("get", "/x", id="1"))
+    client.receive(Session("established", id="s"))
+    assert client.state.value == "established"
+    client.send(Command("get", "/x", id="1"))
+    assert client.phase is Phase.ESTABLISHED
+
+
+def test_diagram_is_drawn_from_the_table() -> None:
+    diagram = mermaid_diagram()
+    assert diagram.startswith("stateDiagram-v2")
+    for (phase, _sender, _step), target in TRANSITIONS.items():
+        if phase is not target:
+            source_name = phase.value.replace(" ", "_")
+            target_name = target.value.replace(" ", "_")
+            assert f"{source_name} --> {target_name}:" in diagram
