@@ -1,0 +1,808 @@
+"""Ed25519 node identities, the files that hold them, and the ``keypair`` session proof.
+
+Every node has one Ed25519 keypair. The ZeroMQ transport derives its CURVE keys from it (pynacl
+converts Ed25519 keys to Curve25519), so a node keeps a single key file. This module reads and
+writes four kinds of file:
+
+- the **secret key file**: a comment saying what it is, then ``ed25519-secret: <base64 seed>``;
+- the **public key file** (``<secret file>.pub``): ``ed25519:<base64 key>``, safe to share;
+- the **authorised-keys file** of a server: ``<public key> <identity name>`` per line;
+- the **known-hosts file** of a client: ``<endpoint> <public key>`` per line.
+
+Invariants:
+
+- A secret key file is created with mode 0600 in the same system call that creates it (never
+  written and then chmod-ed), and a secret key file that group or others may read or write is
+  refused on load (trap 12 in RELIABILITY.md: other tools write keys world-readable).
+- Nothing secret appears in a ``repr`` or ``str`` or in an error message.
+- A peer's identity is what it *proved*: the name an :class:`AuthorizedKeys` table gives the key
+  that signed a challenge (or that the transport authenticated), never a name the peer claimed.
+- Public keys are validated once, where they enter (``parse_public_key``, the tables): a key that
+  is not a point of the Ed25519 main subgroup is refused there, so the rest of the code can trust
+  every 32-byte key it holds.
+
+Every failure to read, parse or write one of these files raises :class:`KeyFileError`, naming the
+file (and the line, for table files) and what to do about it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import stat
+import struct
+from collections.abc import ItemsView, Iterable, Mapping
+from pathlib import Path
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+
+from .errors import KeyFileError
+
+__all__ = [
+    "KEYPAIR_TRANSCRIPT_VERSION",
+    "AuthorizedKeys",
+    "Identity",
+    "KnownHosts",
+    "curve_public_key",
+    "format_public_key",
+    "keypair_transcript",
+    "load_public_key",
+    "parse_public_key",
+    "sign_keypair_challenge",
+    "verify_keypair_signature",
+]
+
+KEYPAIR_TRANSCRIPT_VERSION = b"RAIN-keypair-v1"
+
+_KEY_PREFIX = "ed25519:"
+_SECRET_LABEL = "ed25519-secret:"
+_KEY_SIZE = 32
+_SIGNATURE_SIZE = 64
+# Key files are a few lines; tables are a few thousand. Anything far larger is not ours.
+_MAX_KEY_FILE = 64 * 1024
+_MAX_TABLE_FILE = 16 * 1024 * 1024
+_UNSAFE_BITS = stat.S_IRWXG | stat.S_IRWXO
+
+PathArg = str | os.PathLike[str]
+
+
+# ------------------------------------------------------------------------------ public keys
+
+
+def _raw_curve_public(ed25519_public: bytes) -> bytes | None:
+    """The Curve25519 form of an Ed25519 public key, or None if the key is not a valid point.
+
+    pynacl's ``VerifyKey`` accepts any 32 bytes; libsodium's conversion is what checks that the
+    key is on the curve, not of small order and in the main subgroup (it fails with a bare
+    "Unexpected library error" otherwise), so it doubles as our point validation.
+    """
+    if len(ed25519_public) != _KEY_SIZE:
+        return None
+    try:
+        return nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(ed25519_public)
+    except nacl.exceptions.CryptoError:
+        return None
+
+
+def _checked_key(key: object, where: str) -> bytes:
+    """``key`` as 32 raw bytes of a valid Ed25519 point; KeyFileError naming ``where`` if not."""
+    if not isinstance(key, bytes | bytearray | memoryview):
+        raise KeyFileError(f"{where}: a public key must be bytes, got {type(key).__name__}")
+    raw = bytes(key)
+    if len(raw) != _KEY_SIZE:
+        raise KeyFileError(f"{where}: a public key is {_KEY_SIZE} bytes, got {len(raw)}")
+    if _raw_curve_public(raw) is None:
+        raise KeyFileError(f"{where}: not a valid Ed25519 public key (not a usable curve point)")
+    return raw
+
+
+def format_public_key(key: bytes) -> str:
+    """``"ed25519:"`` followed by the standard base64 of the 32-byte key.
+
+    Raises KeyFileError when ``key`` is not 32 bytes.
+    """
+    if not isinstance(key, bytes | bytearray | memoryview) or len(key) != _KEY_SIZE:
+        size = len(key) if isinstance(key, bytes | bytearray | memoryview) else type(key).__name__
+        raise KeyFileError(f"a public key is {_KEY_SIZE} bytes, got {size}")
+    return _KEY_PREFIX + base64.b64encode(bytes(key)).decode("ascii")
+
+
+def parse_public_key(text: str) -> bytes:
+    """The 32 raw bytes of a public key written as ``ed25519:<base64>`` (the prefix is optional).
+
+    Surrounding whitespace is ignored. Raises KeyFileError naming the problem when the text is not
+    canonical standard base64 of exactly 32 bytes, names another key type, or is not a valid
+    Ed25519 point.
+    """
+    if not isinstance(text, str):
+        raise KeyFileError(f"a public key must be text, got {type(text).__name__}")
+    body = text.strip()
+    if body[: len(_KEY_PREFIX)].lower() == _KEY_PREFIX:
+        body = body[len(_KEY_PREFIX) :].strip()
+    elif ":" in body:
+        kind = body.split(":", 1)[0]
+        raise KeyFileError(f"unsupported key type {kind!r}: expected an 'ed25519:' public key")
+    if not body:
+        raise KeyFileError("empty public key: expected 'ed25519:<base64 of 32 bytes>'")
+    try:
+        raw = base64.b64decode(body.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error) as exc:
+        raise KeyFileError(f"public key is not valid base64 ({exc})") from None
+    if len(raw) != _KEY_SIZE:
+        raise KeyFileError(f"public key decodes to {len(raw)} bytes, expected {_KEY_SIZE}")
+    # Base64 leaves spare bits in the last character; insisting on the canonical spelling keeps
+    # one key one string, so tables keyed on text cannot hold the same key twice.
+    if base64.b64encode(raw).decode("ascii") != body:
+        raise KeyFileError("public key is not canonical base64 (its padding bits are not zero)")
+    if _raw_curve_public(raw) is None:
+        raise KeyFileError("public key is not a valid Ed25519 point")
+    return raw
+
+
+def curve_public_key(ed25519_public: bytes) -> bytes:
+    """The Curve25519 public key (32 raw bytes) derived from an Ed25519 public key.
+
+    This is the key the ZeroMQ CURVE handshake sees for a node. Raises KeyFileError when
+    ``ed25519_public`` is not a valid 32-byte Ed25519 public key.
+    """
+    raw = _checked_key(ed25519_public, "curve_public_key")
+    curve = _raw_curve_public(raw)
+    assert curve is not None  # _checked_key just validated it
+    return curve
+
+
+def load_public_key(path: PathArg) -> bytes:
+    """Read a public key file: the first token of its first line that is not blank or a comment.
+
+    Raises KeyFileError when the file is missing or unreadable or holds no valid public key.
+    """
+    file = Path(path)
+    for number, line in enumerate(_read_text(file, "public key file", _MAX_KEY_FILE), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith(_SECRET_LABEL):
+            raise KeyFileError(
+                f"{file}:{number}: this is a secret key file, not a public one; keep it private"
+                " and give out the matching .pub file instead"
+            )
+        try:
+            return parse_public_key(stripped.split()[0])
+        except KeyFileError as exc:
+            raise KeyFileError(f"{file}:{number}: {exc}") from None
+    raise KeyFileError(f"{file}: no public key in the file (expected a line 'ed25519:<base64>')")
+
+
+# ------------------------------------------------------------------------------ identities
+
+
+class Identity:
+    """A node's Ed25519 keypair: signs challenges and yields the node's CURVE keys.
+
+    ``repr`` and ``str`` show the public key only.
+    """
+
+    __slots__ = ("signing_key",)
+
+    def __init__(self, signing_key: nacl.signing.SigningKey) -> None:
+        """Wrap a pynacl signing key. Raises TypeError for anything else."""
+        if not isinstance(signing_key, nacl.signing.SigningKey):
+            raise TypeError(f"Identity needs a nacl.signing.SigningKey, got {type(signing_key)}")
+        self.signing_key = signing_key
+
+    @classmethod
+    def generate(cls) -> Identity:
+        """A fresh random identity (from the operating system's CSPRNG). Never raises."""
+        return cls(nacl.signing.SigningKey.generate())
+
+    @classmethod
+    def load(cls, path: PathArg) -> Identity:
+        """Read a secret key file written by :meth:`save`.
+
+        Raises KeyFileError when the file is missing, unreadable or malformed (naming the line),
+        or when its permissions let group or others read or write it (naming the mode and the
+        ``chmod 600`` that fixes it).
+        """
+        file = Path(path)
+        text = _read_secret_text(file)
+        seed: bytes | None = None
+        for number, line in enumerate(text.splitlines(), 1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            if not stripped.startswith(_SECRET_LABEL):
+                raise KeyFileError(
+                    f"{file}:{number}: expected '{_SECRET_LABEL} <base64>' (is this a RAIN secret"
+                    " key file?)"
+                )
+            if seed is not None:
+                raise KeyFileError(f"{file}:{number}: a second secret key; a file holds one key")
+            value = stripped[len(_SECRET_LABEL) :].strip()
+            try:
+                seed = base64.b64decode(value.encode("ascii"), validate=True)
+            except (UnicodeEncodeError, binascii.Error):
+                # The message must not echo the value: it is (nearly) the secret.
+                raise KeyFileError(f"{file}:{number}: the secret key is not valid base64") from None
+            if len(seed) != _KEY_SIZE:
+                raise KeyFileError(
+                    f"{file}:{number}: the secret key decodes to {len(seed)} bytes,"
+                    f" expected {_KEY_SIZE}"
+                )
+        if seed is None:
+            raise KeyFileError(f"{file}: no '{_SECRET_LABEL}' line; not a RAIN secret key file")
+        return cls(nacl.signing.SigningKey(seed))
+
+    def save(self, path: PathArg, *, overwrite: bool = False) -> None:
+        """Write the secret key file ``path`` (mode 0600) and the public key file ``path.pub``.
+
+        Each file is written to a temporary name in the same folder and renamed into place, so a
+        crash never leaves a half-written key under either name; the secret is created 0600 by
+        the same ``open`` that creates it. Raises KeyFileError when either file already exists
+        and ``overwrite`` is false (nothing is written then), or when a file cannot be written.
+        """
+        secret_file = Path(path)
+        public_file = Path(f"{secret_file}.pub")
+        if not overwrite:
+            for existing in (secret_file, public_file):
+                if os.path.lexists(existing):
+                    raise KeyFileError(
+                        f"refusing to overwrite existing key file {existing}; delete it first or"
+                        " pass overwrite=True"
+                    )
+        seed = base64.b64encode(self.signing_key.encode()).decode("ascii")
+        secret_text = (
+            "# RAIN Ed25519 secret key: this file IS the node's identity.\n"
+            "# Keep it private (mode 0600); anyone who can read it can act as this node.\n"
+            f"# public key: {self.public_key_text}\n"
+            f"{_SECRET_LABEL} {seed}\n"
+        )
+        public_text = f"{self.public_key_text} RAIN node public key (safe to share)\n"
+        _write_file(secret_file, secret_text, 0o600, overwrite=overwrite)
+        _write_file(public_file, public_text, 0o644, overwrite=overwrite)
+
+    @property
+    def public_key(self) -> bytes:
+        """The 32 raw bytes of the Ed25519 public key."""
+        return bytes(self.signing_key.verify_key)
+
+    @property
+    def public_key_text(self) -> str:
+        """The public key as ``ed25519:<base64>``."""
+        return format_public_key(self.public_key)
+
+    def sign(self, data: bytes) -> bytes:
+        """The 64-byte detached Ed25519 signature of ``data``. Raises TypeError for non-bytes."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"sign() takes bytes, got {type(data).__name__}")
+        return bytes(self.signing_key.sign(bytes(data)).signature)
+
+    def curve_keypair(self) -> tuple[bytes, bytes]:
+        """``(curve25519 public, curve25519 secret)``, 32 raw bytes each, for CURVE transports.
+
+        Derived from this identity, so a node needs no second key file. Never raises.
+        """
+        public = bytes(self.signing_key.verify_key.to_curve25519_public_key())
+        secret = bytes(self.signing_key.to_curve25519_private_key())
+        return public, secret
+
+    def __repr__(self) -> str:
+        return f"Identity({self.public_key_text!r})"
+
+    __str__ = __repr__
+
+
+# ------------------------------------------------------------------------------ keypair scheme
+
+
+def keypair_transcript(
+    session_id: str, challenge: bytes, client_node: str, server_node: str
+) -> bytes:
+    """The bytes a client signs to answer a ``keypair`` challenge.
+
+    Layout: every part is a 4-byte big-endian length followed by its bytes, in this order: the
+    version tag ``RAIN-keypair-v1``, the session id (UTF-8), the challenge, the client node and
+    the server node (both casefolded, since LIME nodes compare case-insensitively, then UTF-8).
+    Length prefixes make the encoding injective: no two different inputs give the same bytes,
+    and the version tag keeps these signatures from meaning anything in another protocol or
+    version. Lone surrogates are encoded with ``surrogatepass``, which keeps it injective and
+    total over ``str``.
+
+    Pass the nodes as they appear in the session: the client's ``from`` and the server's
+    ``from``. Raises TypeError when a part has the wrong type.
+
+    Note: the proof shows the client holds the key to whoever issued the challenge; it does not
+    authenticate the server. Pin the server key at the transport (CURVE) so a relay cannot
+    forward another server's challenge.
+    """
+    for name, value, kind in (
+        ("session_id", session_id, str),
+        ("client_node", client_node, str),
+        ("server_node", server_node, str),
+    ):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be str, got {type(value).__name__}")
+    if not isinstance(challenge, bytes | bytearray | memoryview):
+        raise TypeError(f"challenge must be bytes, got {type(challenge).__name__}")
+    parts = (
+        KEYPAIR_TRANSCRIPT_VERSION,
+        session_id.encode("utf-8", "surrogatepass"),
+        bytes(challenge),
+        client_node.casefold().encode("utf-8", "surrogatepass"),
+        server_node.casefold().encode("utf-8", "surrogatepass"),
+    )
+    return b"".join(struct.pack(">I", len(part)) + part for part in parts)
+
+
+def sign_keypair_challenge(
+    identity: Identity, session_id: str, challenge: bytes, client_node: str, server_node: str
+) -> bytes:
+    """The client's 64-byte signature over :func:`keypair_transcript` of these values.
+
+    Raises TypeError when a part has the wrong type.
+    """
+    return identity.sign(keypair_transcript(session_id, challenge, client_node, server_node))
+
+
+def verify_keypair_signature(
+    public_key: bytes,
+    signature: bytes,
+    session_id: str,
+    challenge: bytes,
+    client_node: str,
+    server_node: str,
+) -> bool:
+    """True only if ``signature`` is ``public_key``'s signature over the transcript of the rest.
+
+    Everything here may come from the peer, so bad input of any type or length (including an
+    invalid or small-order key) gives False; it never raises.
+    """
+    if not isinstance(public_key, bytes | bytearray | memoryview):
+        return False
+    if not isinstance(signature, bytes | bytearray | memoryview):
+        return False
+    key, sig = bytes(public_key), bytes(signature)
+    if len(sig) != _SIGNATURE_SIZE or _raw_curve_public(key) is None:
+        return False
+    try:
+        transcript = keypair_transcript(session_id, challenge, client_node, server_node)
+        nacl.signing.VerifyKey(key).verify(transcript, sig)
+    except (nacl.exceptions.CryptoError, TypeError, ValueError):
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+class AuthorizedKeys:
+    """A server's table of authorised public keys: Ed25519 key -> identity name (``alice@irf``).
+
+    File format: one ``<public key> <identity name>`` per line; blank lines and lines starting
+    with ``#`` are ignored, as is a ``# comment`` after the name. Several keys may share a name
+    (one person, several machines); one key has one name. :meth:`save` writes the entries back
+    without the original comments.
+
+    The table is swapped whole on :meth:`reload`, so a lookup running in another thread (a ZAP
+    handler) sees either the old table or the new one, never a mix.
+    """
+
+    def __init__(
+        self, entries: Mapping[bytes, str] | None = None, path: Path | None = None
+    ) -> None:
+        """Raises KeyFileError when a key is not a valid Ed25519 key or a name is not valid."""
+        self.path: Path | None = Path(path) if path is not None else None
+        self.version = 0
+        table: dict[bytes, str] = {}
+        for key, name in (entries or {}).items():
+            table[_checked_key(key, "authorised key")] = _checked_name(name, "authorised key")
+        self._tables = _with_curve(table)
+
+    @classmethod
+    def load(cls, path: PathArg) -> AuthorizedKeys:
+        """Read an authorised-keys file.
+
+        Raises KeyFileError naming the file and line for a bad line or a duplicate key, or when
+        the file is missing or unreadable.
+        """
+        file = Path(path)
+        return cls(_parse_authorized(file), path=file)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str | bytes, str]) -> AuthorizedKeys:
+        """A table from ``{public key (text or 32 raw bytes): identity name}``.
+
+        Raises KeyFileError for a bad key or name, or when two spellings give the same key.
+        """
+        table: dict[bytes, str] = {}
+        for key, name in mapping.items():
+            raw = parse_public_key(key) if isinstance(key, str) else _checked_key(key, "key")
+            if raw in table:
+                raise KeyFileError(f"key {format_public_key(raw)} is listed twice")
+            table[raw] = _checked_name(name, format_public_key(raw))
+        return cls(table)
+
+    def lookup(self, public_key: bytes) -> str | None:
+        """The identity name for an Ed25519 public key, or None if it is not authorised.
+
+        Never raises.
+        """
+        if not isinstance(public_key, bytes | bytearray | memoryview):
+            return None
+        return self._tables[0].get(bytes(public_key))
+
+    def lookup_curve(self, curve_public: bytes) -> bytes | None:
+        """The authorised Ed25519 key whose Curve25519 form is ``curve_public``, or None.
+
+        For transports whose handshake sees the Curve25519 key (ZeroMQ CURVE ``User-Id``). The
+        reverse table is built when the entries change, so this is one dict lookup. Never raises.
+        """
+        if not isinstance(curve_public, bytes | bytearray | memoryview):
+            return None
+        return self._tables[1].get(bytes(curve_public))
+
+    def reload(self) -> set[bytes]:
+        """Re-read :attr:`path` and return the Ed25519 keys that lost their authorisation.
+
+        That is every key that was removed *or now maps to a different name*: sessions already
+        authenticated with such a key hold an identity the file no longer grants, so the caller
+        should close them (libzmq checks keys only once per connection; RELIABILITY.md trap 3).
+        Raises KeyFileError when there is no path or the file is bad; the old entries stay then.
+        """
+        if self.path is None:
+            raise KeyFileError("this authorised-keys table was not loaded from a file")
+        table = _parse_authorized(self.path)
+        old = self._tables[0]
+        revoked = {key for key, name in old.items() if table.get(key) != name}
+        self._tables = _with_curve(table)
+        self.version += 1
+        return revoked
+
+    def add(self, public_key: bytes, name: str) -> None:
+        """Authorise ``public_key`` as ``name`` (in memory; :meth:`save` writes it).
+
+        Adding a key again under the same name does nothing but count as a change. Raises
+        KeyFileError for an invalid key or name, or when the key is already listed under
+        another name (remove it from the file first: renaming is a revocation).
+        """
+        raw = _checked_key(public_key, "authorised key")
+        checked = _checked_name(name, format_public_key(raw))
+        current = self._tables[0].get(raw)
+        if current is not None and current != checked:
+            raise KeyFileError(
+                f"key {format_public_key(raw)} is already authorised as {current!r}; remove that"
+                " entry first to give it another name"
+            )
+        table = dict(self._tables[0])
+        table[raw] = checked
+        self._tables = _with_curve(table)
+        self.version += 1
+
+    def save(self, path: PathArg | None = None) -> None:
+        """Write the table to ``path`` (default: :attr:`path`), replacing the file atomically.
+
+        An existing file keeps its permission bits. Raises KeyFileError when there is no path or
+        the file cannot be written.
+        """
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise KeyFileError("no path to save the authorised keys to")
+        lines = ["# RAIN authorised keys: <public key> <identity name>"]
+        lines += [f"{format_public_key(key)} {name}" for key, name in self._tables[0].items()]
+        _write_file(target, "\n".join(lines) + "\n", _existing_mode(target, 0o644), overwrite=True)
+
+    def items(self) -> ItemsView[bytes, str]:
+        """A snapshot of ``(Ed25519 key, identity name)`` pairs."""
+        return dict(self._tables[0]).items()
+
+    def __contains__(self, key: object) -> bool:
+        """True for an authorised key given as raw bytes or as text; never raises."""
+        if isinstance(key, str):
+            try:
+                key = parse_public_key(key)
+            except KeyFileError:
+                return False
+        return isinstance(key, bytes | bytearray | memoryview) and bytes(key) in self._tables[0]
+
+    def __len__(self) -> int:
+        return len(self._tables[0])
+
+    def __repr__(self) -> str:
+        source = f" from {self.path}" if self.path is not None else ""
+        return f"<AuthorizedKeys {len(self)} keys{source} version={self.version}>"
+
+
+class KnownHosts:
+    """A client's pinned server keys: endpoint (``tcp://host:port``) -> Ed25519 public key.
+
+    File format: one ``<endpoint> <public key>`` per line; blank lines and ``#`` comments are
+    ignored. Endpoints are matched exactly (after trimming whitespace).
+    """
+
+    def __init__(
+        self, entries: Mapping[str, bytes] | None = None, path: Path | None = None
+    ) -> None:
+        """Raises KeyFileError for an invalid endpoint or key."""
+        self.path: Path | None = Path(path) if path is not None else None
+        self._hosts: dict[str, bytes] = {}
+        for endpoint, key in (entries or {}).items():
+            name = _checked_endpoint(endpoint, "known host")
+            self._hosts[name] = _checked_key(key, f"known host {name}")
+
+    @classmethod
+    def load(cls, path: PathArg) -> KnownHosts:
+        """Read a known-hosts file.
+
+        Raises KeyFileError naming the file and line for a bad line or an endpoint listed twice,
+        or when the file is missing or unreadable.
+        """
+        file = Path(path)
+        hosts: dict[str, bytes] = {}
+        first_seen: dict[str, int] = {}
+        for number, first, second in _table_lines(file, "known-hosts file"):
+            where = f"{file}:{number}"
+            endpoint = _checked_endpoint(first, where)
+            try:
+                key = parse_public_key(second)
+            except KeyFileError as exc:
+                raise KeyFileError(f"{where}: {exc}") from None
+            if endpoint in hosts:
+                raise KeyFileError(
+                    f"{where}: {endpoint} is already pinned on line {first_seen[endpoint]}"
+                )
+            hosts[endpoint] = key
+            first_seen[endpoint] = number
+        return cls(hosts, path=file)
+
+    def lookup(self, endpoint: str) -> bytes | None:
+        """The pinned Ed25519 key for ``endpoint``, or None. Never raises."""
+        if not isinstance(endpoint, str):
+            return None
+        return self._hosts.get(endpoint.strip())
+
+    def add(self, endpoint: str, key: bytes) -> None:
+        """Pin ``key`` for ``endpoint`` (in memory; :meth:`save` writes it).
+
+        Raises KeyFileError for an invalid endpoint or key, or when the endpoint is already
+        pinned to a different key: a changed server key must be accepted by a person (by editing
+        the file), not silently.
+        """
+        name = _checked_endpoint(endpoint, "known host")
+        raw = _checked_key(key, f"known host {name}")
+        current = self._hosts.get(name)
+        if current is not None and current != raw:
+            raise KeyFileError(
+                f"{name} is pinned to {format_public_key(current)}, not {format_public_key(raw)};"
+                " if the server key really changed, remove the old line from the known-hosts file"
+            )
+        self._hosts[name] = raw
+
+    def save(self, path: PathArg | None = None) -> None:
+        """Write the pins to ``path`` (default: :attr:`path`), replacing the file atomically.
+
+        Raises KeyFileError when there is no path or the file cannot be written.
+        """
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise KeyFileError("no path to save the known hosts to")
+        lines = ["# RAIN known hosts: <endpoint> <server public key>"]
+        lines += [f"{endpoint} {format_public_key(key)}" for endpoint, key in self._hosts.items()]
+        _write_file(target, "\n".join(lines) + "\n", _existing_mode(target, 0o644), overwrite=True)
+
+    def items(self) -> ItemsView[str, bytes]:
+        """A snapshot of ``(endpoint, Ed25519 key)`` pairs."""
+        return dict(self._hosts).items()
+
+    def __contains__(self, endpoint: object) -> bool:
+        return isinstance(endpoint, str) and endpoint.strip() in self._hosts
+
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+    def __repr__(self) -> str:
+        source = f" from {self.path}" if self.path is not None else ""
+        return f"<KnownHosts {len(self)} hosts{source}>"
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _with_curve(table: dict[bytes, str]) -> tuple[dict[bytes, str], dict[bytes, bytes]]:
+    """The table and its Curve25519 -> Ed25519 reverse index, built together to swap as one."""
+    curve: dict[bytes, bytes] = {}
+    for key in table:
+        converted = _raw_curve_public(key)
+        assert converted is not None  # every key in a table was validated on the way in
+        curve[converted] = key
+    return table, curve
+
+
+def _checked_name(name: object, where: str) -> str:
+    if not isinstance(name, str) or not name or any(ch.isspace() for ch in name):
+        raise KeyFileError(f"{where}: identity name must be non-empty text without spaces")
+    if name.startswith("#"):
+        raise KeyFileError(f"{where}: identity name must not start with '#'")
+    return name
+
+
+def _checked_endpoint(endpoint: object, where: str) -> str:
+    if not isinstance(endpoint, str):
+        raise KeyFileError(f"{where}: endpoint must be text, got {type(endpoint).__name__}")
+    name = endpoint.strip()
+    if not name or any(ch.isspace() for ch in name) or name.startswith("#"):
+        raise KeyFileError(f"{where}: {endpoint!r} is not an endpoint such as tcp://host:4505")
+    return name
+
+
+def _parse_authorized(file: Path) -> dict[bytes, str]:
+    table: dict[bytes, str] = {}
+    first_seen: dict[bytes, int] = {}
+    for number, first, second in _table_lines(file, "authorised-keys file"):
+        where = f"{file}:{number}"
+        try:
+            key = parse_public_key(first)
+        except KeyFileError as exc:
+            raise KeyFileError(f"{where}: {exc}") from None
+        name = _checked_name(second, where)
+        if key in table:
+            raise KeyFileError(
+                f"{where}: key {format_public_key(key)} is already listed on line {first_seen[key]}"
+            )
+        table[key] = name
+        first_seen[key] = number
+    return table
+
+
+def _table_lines(file: Path, what: str) -> Iterable[tuple[int, str, str]]:
+    """``(line number, first field, second field)`` for each entry of a two-column table file.
+
+    Raises KeyFileError naming the line when it does not have exactly two fields (a trailing
+    ``# comment`` is allowed).
+    """
+    for number, line in enumerate(_read_text(file, what, _MAX_TABLE_FILE), 1):
+        fields = line.split(None, 2)
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"{file}:{number}"
+        if len(fields) < 2 or (len(fields) == 3 and not fields[2].startswith("#")):
+            raise KeyFileError(f"{where}: expected two fields, got {line.strip()!r}")
+        yield number, fields[0], fields[1]
+
+
+def _read_text(file: Path, what: str, limit: int) -> list[str]:
+    """The lines of a UTF-8 file; KeyFileError saying what is wrong with it otherwise."""
+    try:
+        with open(file, "rb") as handle:
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise KeyFileError(f"{what} {file} does not exist") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {what} {file}: {exc.strerror or exc}") from None
+    return _decode(data, file, what, limit).splitlines()
+
+
+def _read_secret_text(file: Path) -> str:
+    """Read a secret key file, refusing it if its permissions expose it.
+
+    The mode is checked on the opened descriptor (``fstat``), not the name, so the file checked
+    is the file read.
+    """
+    # O_NONBLOCK so that a FIFO planted at the path cannot hang us before the type check.
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(file, flags)
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"secret key file {file} does not exist; create one with `rain keygen`"
+        ) from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read secret key file {file}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"secret key file {file} is not a regular file")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & _UNSAFE_BITS:
+            raise KeyFileError(
+                f"secret key file {file} has mode {mode:04o}: {_who_may(mode)} may use it."
+                f" Restrict it to its owner with `chmod 600 {file}`"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= _MAX_KEY_FILE:
+            chunk = os.read(fd, _MAX_KEY_FILE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read secret key file {file}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return _decode(data, file, "secret key file", _MAX_KEY_FILE)
+
+
+def _who_may(mode: int) -> str:
+    parts = []
+    for who, read, write, execute in (
+        ("group", stat.S_IRGRP, stat.S_IWGRP, stat.S_IXGRP),
+        ("others", stat.S_IROTH, stat.S_IWOTH, stat.S_IXOTH),
+    ):
+        rights = [
+            verb for bit, verb in ((read, "read"), (write, "write"), (execute, "run")) if mode & bit
+        ]
+        if rights:
+            parts.append(f"{who} ({'/'.join(rights)})")
+    return " and ".join(parts)
+
+
+def _decode(data: bytes, file: Path, what: str, limit: int) -> str:
+    if len(data) > limit:
+        raise KeyFileError(f"{what} {file} is larger than {limit} bytes; is it the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(f"{what} {file} is not UTF-8 text (byte {exc.start})") from None
+
+
+def _existing_mode(file: Path, default: int) -> int:
+    try:
+        return stat.S_IMODE(os.stat(file).st_mode)
+    except OSError:
+        return default
+
+
+def _write_file(file: Path, text: str, mode: int, *, overwrite: bool) -> None:
+    """Write ``text`` to a new file with ``mode`` from creation, then move it to ``file``.
+
+    The temporary file is created with O_EXCL and ``mode`` (so a secret is never readable by
+    others, not even for an instant), synced, then renamed over ``file`` (``overwrite``) or
+    hard-linked to it, which fails if ``file`` exists. Raises KeyFileError.
+    """
+    temp = file.with_name(f".{file.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(temp, flags, mode)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(text.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            if overwrite:
+                os.replace(temp, file)
+            else:
+                _link_new(temp, file, mode, text)
+        finally:
+            temp.unlink(missing_ok=True)
+    except FileExistsError:
+        raise KeyFileError(
+            f"refusing to overwrite existing key file {file}; delete it first or pass"
+            " overwrite=True"
+        ) from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {file}: {exc.strerror or exc}") from None
+
+
+def _link_new(temp: Path, file: Path, mode: int, text: str) -> None:
+    """Give ``temp`` the name ``file`` only if nothing has that name (atomic no-clobber)."""
+    try:
+        os.link(temp, file)
+    except FileExistsError:
+        raise
+    except OSError:
+        # Some filesystems have no hard links: fall back to creating the file in place, still
+        # exclusively and with its mode from the start.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(file, flags, mode)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(text.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            file.unlink(missing_ok=True)
+            raise
