@@ -252,13 +252,14 @@ class MemoryTransport(Transport):
         if self._closed:
             return
         self._closed = True
+        self._inbox.clear()  # nothing is received after our own close
         self._ready.set()
         if self._peer is not None and not self._peer._closed:
             self._peer._deliver(_CLOSED)
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closed or (self._peer is not None and self._peer._closed)
 
 
 def memory_transport_pair(*, max_queue: int = 10_000) -> tuple[MemoryTransport, MemoryTransport]:
@@ -302,6 +303,7 @@ class MemoryTransportListener(TransportListener):
             raise TransportClosed("listener is closed")
         item = await self._pending.get()
         if item is None:
+            self._pending.put_nowait(None)  # wake every other waiting accept() too
             raise TransportClosed("listener is closed")
         return item
 
@@ -330,6 +332,8 @@ class _LazyMemoryTransport(Transport):
         self._closed = False
 
     async def open(self) -> None:
+        if self._closed:
+            raise TransportClosed("transport is closed")
         if self._inner is not None:
             return
         listener = _MEMORY_LISTENERS.get(self._name)
