@@ -1,0 +1,313 @@
+"""The server configuration: one TOML file, checked whole before anything starts.
+
+Example (every key but ``identity`` and ``listen`` is optional)::
+
+    identity = "station@irf"               # the server's node name (name@domain[/instance])
+    listen = ["tcp://0.0.0.0:4505"]        # endpoints to accept sessions on
+    key_file = "keys/station.key"          # the server's secret key (rain keygen)
+    authorized_keys = "authorized_keys"    # '<public key> <identity>' per line
+    allow = ["127.0.0.1/32", "10.0.0.0/8"] # IP networks allowed to connect (empty: any)
+    plugins = "plugins"                    # folder of plugin files
+    allow_guest = false                    # accept unauthenticated 'guest' sessions
+
+    [limits]
+    queue_length = 64                      # samples held per subscription before dropping
+
+    [logging]
+    level = "INFO"
+
+    [[access]]                             # no [[access]] at all: every authorised identity
+    identity = "*@irf"                     # may do everything
+    uri = "/params/*"
+    methods = ["get", "subscribe"]
+
+    [transport]                            # passed as is to the transport (socket options)
+
+Invariants: paths are resolved relative to the config file's folder; every problem raises
+:class:`ConfigError` whose message starts with the file and the dotted key (``limits.queue_length``)
+and says what was expected; unknown keys are errors (with a suggestion), since a misspelt limit
+silently ignored is worse than a refusal to start.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import logging
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..node import Node
+from .access import AccessRule
+
+__all__ = ["Limits", "LoggingConfig", "ServerConfig", "load_config", "parse_config"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of a server. Each bounds memory, threads or time."""
+
+    #: Sessions served at once; further connections are closed at once.
+    max_sessions: int = 256
+    #: Samples queued per subscription for a slow subscriber; the oldest are dropped beyond.
+    queue_length: int = 64
+    #: Subscriptions one session may hold.
+    max_subscriptions: int = 256
+    #: Worker threads for plain (sync) plugin functions.
+    plugin_threads: int = 8
+    #: Seconds a getter or setter may take before the client is answered with code 101.
+    plugin_timeout: float = 30.0
+    #: Seconds a client has to establish its session.
+    establish_timeout: float = 10.0
+    #: Recent (identity, command id) pairs remembered to answer a repeated `set` only once.
+    dedup_window: int = 1024
+    #: Seconds `close()` waits for sessions to finish and plugin threads to return.
+    shutdown_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+    #: Log file (relative to the config file); None logs to standard error.
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """A checked server configuration. Build with :func:`load_config` or directly."""
+
+    identity: Node
+    listen: tuple[str, ...] = ()
+    key_file: Path | None = None
+    authorized_keys: Path | None = None
+    allow: tuple[str, ...] = ()
+    plugins: Path | None = None
+    allow_guest: bool = False
+    #: Serve without transport security (no CURVE). For loopback experiments only.
+    insecure: bool = False
+    access: tuple[AccessRule, ...] | None = None
+    limits: Limits = field(default_factory=Limits)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    transport: Mapping[str, Any] = field(default_factory=dict)
+    #: The file this came from, when it came from one.
+    source: Path | None = None
+
+
+_TOP_KEYS = (
+    "identity", "listen", "key_file", "authorized_keys", "allow", "plugins", "allow_guest",
+    "insecure", "access", "limits", "logging", "transport",
+)
+_ACCESS_KEYS = ("identity", "uri", "methods")
+_LOGGING_KEYS = ("level", "file")
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _Checker:
+    """Reads typed values out of the parsed TOML, raising ConfigError that names the key."""
+
+    def __init__(self, source: str, base: Path) -> None:
+        self.source = source
+        self.base = base
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {message}")
+
+    def unknown(self, table: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+        for key in table:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise self.fail(
+                    prefix + key, f"unknown key{hint} (expected one of: {', '.join(allowed)})"
+                )
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"expected a non-empty string, got {_show(value)}")
+        return value
+
+    def strings(self, value: Any, key: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list of strings, got {_show(value)}")
+        return tuple(self.string(item, f"{key}[{index}]") for index, item in enumerate(value))
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {_show(value)}")
+        return value
+
+    def path(self, value: Any, key: str) -> Path:
+        text = self.string(value, key)
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else (self.base / path)
+
+    def table(self, value: Any, key: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"expected a table, got {_show(value)}")
+        return value
+
+
+def _show(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{kind} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+def _limits(check: _Checker, raw: Mapping[str, Any]) -> Limits:
+    names = tuple(f.name for f in fields(Limits))
+    check.unknown(raw, names, "limits.")
+    values: dict[str, Any] = {}
+    for item in fields(Limits):
+        if item.name not in raw:
+            continue
+        value = raw[item.name]
+        key = f"limits.{item.name}"
+        if item.type == "int":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise check.fail(key, f"expected a positive integer, got {_show(value)}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise check.fail(key, f"expected a positive number of seconds, got {_show(value)}")
+        values[item.name] = float(value) if item.type == "float" else value
+    return Limits(**values)
+
+
+def _logging(check: _Checker, raw: Mapping[str, Any]) -> LoggingConfig:
+    check.unknown(raw, _LOGGING_KEYS, "logging.")
+    level = LoggingConfig.level
+    if "level" in raw:
+        level = check.string(raw["level"], "logging.level").upper()
+        if level not in _LEVELS:
+            raise check.fail("logging.level", f"expected one of {', '.join(_LEVELS)}")
+    file = check.path(raw["file"], "logging.file") if "file" in raw else None
+    return LoggingConfig(level=level, file=file)
+
+
+def _access(check: _Checker, raw: Any) -> tuple[AccessRule, ...]:
+    if not isinstance(raw, list):
+        raise check.fail("access", "expected [[access]] tables")
+    rules = []
+    for index, item in enumerate(raw):
+        key = f"access[{index}]"
+        table = check.table(item, key)
+        check.unknown(table, _ACCESS_KEYS, key + ".")
+        if "identity" not in table:
+            raise check.fail(
+                key + ".identity", "missing: expected an identity glob such as '*@irf'"
+            )
+        identity = check.string(table["identity"], key + ".identity")
+        uri = check.string(table.get("uri", "*"), key + ".uri")
+        if "methods" not in table:
+            raise check.fail(
+                key + ".methods", "missing: expected a list such as ['get', 'subscribe']"
+            )
+        methods = check.strings(table["methods"], key + ".methods")
+        try:
+            rules.append(AccessRule(identity, uri, frozenset(methods)))
+        except ValueError as exc:
+            text = str(exc)
+            which = "methods" if "method" in text else "uri" if "uri" in text else "identity"
+            raise check.fail(f"{key}.{which}", str(exc)) from None
+    return tuple(rules)
+
+
+def parse_config(raw: Mapping[str, Any], *, base: Path, source: str = "config") -> ServerConfig:
+    """Check a parsed config mapping. Paths are taken relative to ``base``.
+
+    Raises ConfigError naming ``source`` and the key.
+    """
+    check = _Checker(source, base)
+    check.unknown(raw, _TOP_KEYS, "")
+    if "identity" not in raw:
+        raise check.fail("identity", "missing: expected the server's node name, e.g. 'station@irf'")
+    identity_text = check.string(raw["identity"], "identity")
+    try:
+        identity = Node.parse(identity_text)
+    except ValueError as exc:
+        raise check.fail("identity", f"expected name@domain: {exc}") from None
+    if not identity.name or not identity.domain:
+        raise check.fail("identity", f"expected name@domain, got {identity_text!r}")
+
+    listen = check.strings(raw.get("listen", []), "listen")
+    for index, endpoint in enumerate(listen):
+        if "://" not in endpoint:
+            raise check.fail(
+                f"listen[{index}]",
+                f"expected an endpoint such as tcp://0.0.0.0:4505, got {endpoint!r}",
+            )
+    allow = check.strings(raw.get("allow", []), "allow")
+    for index, network in enumerate(allow):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise check.fail(
+                f"allow[{index}]", f"expected an IP network such as 10.0.0.0/8, got {network!r}"
+            ) from None
+
+    config = ServerConfig(
+        identity=identity,
+        listen=listen,
+        key_file=check.path(raw["key_file"], "key_file") if "key_file" in raw else None,
+        authorized_keys=(
+            check.path(raw["authorized_keys"], "authorized_keys")
+            if "authorized_keys" in raw else None
+        ),
+        allow=allow,
+        plugins=check.path(raw["plugins"], "plugins") if "plugins" in raw else None,
+        allow_guest=check.boolean(raw.get("allow_guest", False), "allow_guest"),
+        insecure=check.boolean(raw.get("insecure", False), "insecure"),
+        access=_access(check, raw["access"]) if "access" in raw else None,
+        limits=_limits(check, check.table(raw.get("limits", {}), "limits")),
+        logging=_logging(check, check.table(raw.get("logging", {}), "logging")),
+        transport=dict(check.table(raw.get("transport", {}), "transport")),
+        source=Path(source) if source != "config" else None,
+    )
+    if config.plugins is not None and not config.plugins.is_dir():
+        raise check.fail(
+            "plugins", f"expected a folder of plugin files; {config.plugins} is not one"
+        )
+    if not config.insecure and config.authorized_keys is None and not config.allow_guest:
+        raise check.fail(
+            "authorized_keys",
+            "missing: expected the path of the authorised-keys file (or allow_guest = true)",
+        )
+    return config
+
+
+def load_config(path: str | Path) -> ServerConfig:
+    """Read and check a TOML config file. Raises ConfigError naming the file and key."""
+    file = Path(path)
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: config file does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: config file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    return parse_config(raw, base=file.resolve().parent, source=str(file))
+
+
+def configure_logging(config: LoggingConfig) -> None:
+    """Apply a LoggingConfig to the root logger (used by ``rain serve``)."""
+    handler: logging.Handler
+    if config.file is not None:
+        handler = logging.FileHandler(config.file)
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(config.level)

@@ -1,0 +1,125 @@
+"""One subscription: a bounded queue of samples and the task that pushes them as ``observe``.
+
+Invariants:
+- the queue never holds more than ``maxlen`` samples: when a new sample arrives at a full queue
+  the oldest is dropped and counted, so a subscriber that never reads costs bounded memory;
+- the next ``observe`` that does go out carries ``"dropped": n``, the samples lost since the
+  previous one (seq gaps say the same thing; ``dropped`` says it without arithmetic);
+- a push that the transport refuses because the peer's queue is full (QueueFull) counts as a
+  drop and the task backs off (10 ms doubling to 1 s) instead of spinning;
+- ``close()`` cancels the task; nothing of the subscription outlives it.
+
+Samples are offered from the event loop thread only (the server marshals plugin threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+
+from ..envelopes import Command, CommandMethod
+from ..errors import ChannelClosed, LocalProtocolError, QueueFull, TransportError
+from .samples import SAMPLE_TYPE, Sample
+
+__all__ = ["Subscription"]
+
+log = logging.getLogger("rain.server")
+
+SendFunction = Callable[[Command], Awaitable[None]]
+
+_BACKOFF_START = 0.01
+_BACKOFF_MAX = 1.0
+
+
+class Subscription:
+    """The subscription of one session to one parameter."""
+
+    def __init__(self, name: str, uri: str, send: SendFunction, *, maxlen: int) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be at least 1")
+        self.name = name
+        #: The URI as the client wrote it: observes echo it so the client finds its callback.
+        self.uri = uri
+        self.maxlen = maxlen
+        self._send = send
+        self._queue: collections.deque[Sample] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        #: Drops not yet reported to the client.
+        self.pending_drops = 0
+        #: Drops over the subscription's life.
+        self.total_drops = 0
+        #: Observes sent.
+        self.delivered = 0
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.uri} queued={len(self._queue)} dropped={self.total_drops}>"
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def offer(self, sample: Sample) -> None:
+        """Queue ``sample`` for pushing, dropping the oldest when full. Never blocks."""
+        if self._closed:
+            return
+        if len(self._queue) >= self.maxlen:
+            self._queue.popleft()
+            self._count_drops(1)
+        self._queue.append(sample)
+        self._wakeup.set()
+
+    def _count_drops(self, count: int) -> None:
+        self.pending_drops += count
+        self.total_drops += count
+
+    def start(self) -> None:
+        """Start pushing (after the subscribe response has been sent)."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._run(), name=f"rain-subscription {self.uri}")
+
+    async def _run(self) -> None:
+        backoff = _BACKOFF_START
+        while not self._closed:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            sample = self._queue.popleft()
+            dropped, self.pending_drops = self.pending_drops, 0
+            observe = Command(
+                CommandMethod.OBSERVE,
+                self.uri,
+                type=SAMPLE_TYPE,
+                resource=sample.document(dropped=dropped),
+            )
+            try:
+                await self._send(observe)
+            except QueueFull:
+                # The peer is not reading: this sample is lost too. Wait before trying again,
+                # while the bounded queue keeps only the newest samples.
+                self.pending_drops += dropped + 1
+                self.total_drops += 1
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            except (ChannelClosed, LocalProtocolError, TransportError) as exc:
+                log.debug("subscription %s ends: %s", self.uri, exc)
+                self._closed = True
+                return
+            backoff = _BACKOFF_START
+            self.delivered += 1
+
+    def close(self) -> None:
+        """Stop pushing and release the queue. Idempotent."""
+        self._closed = True
+        self._queue.clear()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._wakeup.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
