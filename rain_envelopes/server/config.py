@@ -298,16 +298,20 @@ def load_config(path: str | Path) -> ServerConfig:
     return parse_config(raw, base=file.resolve().parent, source=str(file))
 
 
-def configure_logging(config: LoggingConfig) -> None:
-    """Apply a LoggingConfig to the root logger (used by ``rain serve``)."""
+def configure_logging(config: LoggingConfig, *, verbose: int = 0) -> None:
+    """Apply a LoggingConfig to the root logger (used by ``rain serve``), replacing its
+    handlers. ``verbose`` (the CLI's -v count) can only make logging more detailed."""
     handler: logging.Handler
     if config.file is not None:
         handler = logging.FileHandler(config.file)
     else:
         handler = logging.StreamHandler()
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(config.level)
+    level = logging.getLevelName(config.level)
+    if verbose:
+        level = min(level, logging.INFO if verbose == 1 else logging.DEBUG)
+    root.setLevel(level)

@@ -325,6 +325,7 @@ class Server:
             raise
         for listener in started:
             self._owned_listeners.append(listener)
+            self._listeners.append(listener)
             self._spawn(self.serve(listener), f"rain-accept {listener.endpoints}")
         return started
 
@@ -334,7 +335,8 @@ class Server:
         The listener must be started. The server does not close a listener it did not open.
         """
         await self.start()
-        self._listeners.append(listener)
+        if listener not in self._listeners:
+            self._listeners.append(listener)
         log.info("serving %s", ", ".join(listener.endpoints))
         try:
             async for transport in listener:

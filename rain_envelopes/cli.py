@@ -1,0 +1,803 @@
+"""The ``rain`` command: serve an instrument, and read, write and watch its parameters.
+
+Modelled on caproto's ``caproto-get``/``caproto-put``/``caproto-monitor``: one verb per
+command, parameter names or URIs as arguments, plain output for people and ``--json`` for
+scripts. Run ``rain --help`` or ``rain COMMAND --help``.
+
+Invariants: every failure is one line on standard error starting with ``rain:`` and a non-zero
+exit status that says what kind of failure it was (see ``EXIT_*``); no traceback reaches the
+user unless ``-vv`` asks for debug logging. Printing here is output, never diagnostics (those
+go through ``logging``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+
+from .channel import ClientChannel, connect
+from .envelopes import (
+    Command,
+    Message,
+    Notification,
+    NotificationEvent,
+    ReasonCode,
+)
+from .errors import (
+    AuthenticationFailed,
+    ChannelClosed,
+    CommandFailed,
+    CommandTimeout,
+    ConfigError,
+    EstablishTimeout,
+    KeyFileError,
+    SessionError,
+    SessionFailed,
+    TransportError,
+)
+from .keys import (
+    AuthorizedKeys,
+    Identity,
+    KnownHosts,
+    format_public_key,
+    load_public_key,
+    parse_public_key,
+)
+from .node import Node
+from .transport import transport_factory
+
+__all__ = ["EXIT_ACCESS", "EXIT_AUTH", "EXIT_FAILED", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
+
+log = logging.getLogger("rain.cli")
+
+#: Exit statuses, for scripts.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the server answered with a failure (not found, bad value, plugin error)
+EXIT_USAGE = 2  # bad arguments, bad config, broken plugin
+EXIT_UNREACHABLE = 3  # no answer, timed out, link lost
+EXIT_AUTH = 4  # keys missing or refused
+EXIT_ACCESS = 5  # access rules refused the request
+EXIT_INTERRUPTED = 130
+
+_ACCESS_CODES = {
+    ReasonCode.AUTHORIZATION_ERROR,
+    ReasonCode.AUTHORIZATION_UNAUTHORIZED_SENDER,
+    ReasonCode.AUTHORIZATION_PERMISSION_REQUIRED,
+}
+
+DESCRIPTION = """\
+RAIN: secure messaging with research instruments.
+
+An instrument runs `rain serve` with plugin files that declare its parameters; people and
+programs use `rain get`, `rain set`, `rain monitor`, `rain list` and `rain ping` against it.
+Try `rain demo` first: it runs a server and a client on this machine with fresh keys.
+"""
+
+EPILOG = """\
+first steps:
+  rain demo                                   watch a session from start to finish
+  rain keygen alice@irf                       make your key (alice@irf.key + .pub)
+  rain list tcp://station:4505 -k alice@irf.key --server-key station.key.pub
+  rain get tcp://station:4505 temperature pressure
+  rain set tcp://station:4505 sampling_interval 0.5
+  rain monitor tcp://station:4505 temperature
+
+Parameters may be given by name (temperature) or URI (/params/temperature).
+Client options can also come from the environment: RAIN_KEY, RAIN_SERVER_KEY, RAIN_KNOWN_HOSTS.
+
+exit status: 0 ok, 1 the server refused the command (unknown parameter, bad value, plugin
+error), 2 bad arguments or config, 3 server unreachable or not answering, 4 keys missing or
+refused, 5 access denied, 130 interrupted.
+"""
+
+
+class CliError(Exception):
+    """A failure to report as one line with an exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ------------------------------------------------------------------------------ output helpers
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _note(text: str) -> None:
+    """A status line for a person (stderr), kept apart from the data on stdout."""
+    print(f"rain: {text}", file=sys.stderr, flush=True)
+
+
+def _json_line(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _show_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _uri(text: str) -> str:
+    """A parameter name means /params/NAME; URIs pass through."""
+    if text.startswith("/") or text.lower().startswith("lime://"):
+        return text
+    return f"/params/{text}"
+
+
+def _label(uri: str) -> str:
+    path = uri.split("?", 1)[0].rstrip("/")
+    return path[len("/params/"):] if path.startswith("/params/") else uri
+
+
+def _parse_value(text: str) -> Any:
+    """JSON when it parses (0.5, true, {"a": 1}, "quoted"), else the text itself."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+# ------------------------------------------------------------------------------ connecting
+
+
+def _load_identity(args: argparse.Namespace) -> Identity | None:
+    path = args.key or os.environ.get("RAIN_KEY")
+    return Identity.load(path) if path else None
+
+
+def _server_key(args: argparse.Namespace) -> bytes | None:
+    text = args.server_key or os.environ.get("RAIN_SERVER_KEY")
+    if text:
+        if Path(text).is_file():
+            return load_public_key(text)
+        return parse_public_key(text)
+    hosts_file = args.known_hosts or os.environ.get("RAIN_KNOWN_HOSTS")
+    if hosts_file:
+        return KnownHosts.load(hosts_file).lookup(args.endpoint)
+    return None
+
+
+def _secured(endpoint: str) -> bool:
+    return endpoint.split("://", 1)[0].lower() in ("tcp", "ipc")
+
+
+async def _open(args: argparse.Namespace) -> ClientChannel:
+    """Connect and establish a session as the options say. Raises CliError or RAIN errors."""
+    identity = _load_identity(args)
+    server_key = _server_key(args)
+    if _secured(args.endpoint) and not args.insecure:
+        if server_key is None:
+            raise CliError(
+                f"no server key for {args.endpoint}: pass --server-key (the server's .pub file"
+                " or key) or --known-hosts FILE",
+                EXIT_AUTH,
+            )
+        if identity is None:
+            raise CliError(
+                "no key file: pass --key FILE or set RAIN_KEY (make one with `rain keygen`)",
+                EXIT_AUTH,
+            )
+    return await connect(
+        args.endpoint,
+        identity=identity,
+        server_key=server_key,
+        insecure=args.insecure,
+        establish_timeout=args.timeout,
+        command_timeout=args.timeout,
+    )
+
+
+def _explain(exc: BaseException, args: argparse.Namespace) -> CliError:
+    """One line and an exit status for an exception a command raised."""
+    endpoint = getattr(args, "endpoint", "the server")
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, EstablishTimeout):
+        return CliError(
+            f"no session with {endpoint} within {args.timeout:g} s: is the server running,"
+            " is --server-key its key, and is your key in its authorized_keys?",
+            EXIT_UNREACHABLE,
+        )
+    if isinstance(exc, AuthenticationFailed):
+        return CliError(
+            f"{endpoint} refused our key ({exc.reason.description}): add your .pub key to the"
+            " server's authorized_keys",
+            EXIT_AUTH,
+        )
+    if isinstance(exc, SessionFailed):
+        return CliError(f"{endpoint} ended the session: {exc.reason}", EXIT_UNREACHABLE)
+    if isinstance(exc, KeyFileError):
+        return CliError(str(exc), EXIT_AUTH)
+    if isinstance(exc, CommandFailed):
+        response = exc.response
+        where = response.uri if isinstance(response, Command) and response.uri else endpoint
+        if exc.reason.code in _ACCESS_CODES:
+            return CliError(f"{where}: access denied ({exc.reason})", EXIT_ACCESS)
+        return CliError(f"{where}: {exc.reason}", EXIT_FAILED)
+    if isinstance(exc, CommandTimeout):
+        return CliError(f"{endpoint}: {exc}", EXIT_UNREACHABLE)
+    if isinstance(exc, (ChannelClosed, SessionError)):
+        return CliError(f"{endpoint}: the session ended: {exc}", EXIT_UNREACHABLE)
+    if isinstance(exc, ConfigError):
+        return CliError(str(exc), EXIT_USAGE)
+    if isinstance(exc, TransportError):
+        return CliError(f"cannot reach {endpoint}: {exc}", EXIT_UNREACHABLE)
+    from .server.errors import PluginError
+
+    if isinstance(exc, PluginError):
+        return CliError(f"plugin refused: {exc}", EXIT_USAGE)
+    if isinstance(exc, OSError):
+        return CliError(str(exc), EXIT_FAILED)
+    log.debug("unexpected error", exc_info=exc)
+    return CliError(f"unexpected error: {type(exc).__name__}: {exc}", EXIT_FAILED)
+
+
+CommandFunction = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def _run(function: CommandFunction, args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(function(args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        error = _explain(exc, args)
+        log.debug("command failed", exc_info=exc)
+        _note(f"error: {error}")
+        return error.status
+
+
+# ------------------------------------------------------------------------------ client commands
+
+
+def _sample_line(uri: str, resource: Any) -> str:
+    if isinstance(resource, dict) and "value" in resource:
+        return f"{_label(uri)} {_show_value(resource['value'])}"
+    return f"{_label(uri)} {_show_value(resource)}"
+
+
+def _print_response(uri: str, response: Command, as_json: bool) -> None:
+    resource = response.resource
+    if as_json:
+        if isinstance(resource, dict):
+            _json_line({"uri": uri, **resource})
+        else:
+            _json_line({"uri": uri, "value": resource})
+    elif isinstance(resource, dict) and "items" in resource:
+        _print_parameters(resource["items"])
+    else:
+        _out(_sample_line(uri, resource))
+
+
+async def _cmd_get(args: argparse.Namespace) -> int:
+    channel = await _open(args)
+    try:
+        for text in args.uris:
+            uri = _uri(text)
+            _print_response(uri, await channel.get(uri), args.json)
+    finally:
+        await channel.finish()
+    return EXIT_OK
+
+
+async def _cmd_set(args: argparse.Namespace) -> int:
+    value = args.value if args.string else _parse_value(args.value)
+    channel = await _open(args)
+    try:
+        uri = _uri(args.uri)
+        _print_response(uri, await channel.set(uri, value), args.json)
+    finally:
+        await channel.finish()
+    return EXIT_OK
+
+
+def _print_parameters(items: Sequence[Any]) -> None:
+    rows = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        rows.append((
+            str(item.get("name", "?")),
+            ",".join(item.get("methods") or []),
+            str(item.get("unit") or ""),
+            str(item.get("description") or ""),
+        ))
+    if not rows:
+        _out("(no parameters you may use)")
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for name, methods, unit, description in rows:
+        line = f"{name:<{widths[0]}}  {methods:<{widths[1]}}  {unit:<{widths[2]}}  {description}"
+        _out(line.rstrip())
+
+
+async def _cmd_list(args: argparse.Namespace) -> int:
+    channel = await _open(args)
+    try:
+        response = await channel.get("/params")
+    finally:
+        await channel.finish()
+    items = (response.resource or {}).get("items", [])
+    if args.json:
+        _json_line(items)
+    else:
+        _print_parameters(items)
+    return EXIT_OK
+
+
+async def _cmd_ping(args: argparse.Namespace) -> int:
+    channel = await _open(args)
+    try:
+        for index in range(args.count):
+            seconds = await channel.ping()
+            if args.json:
+                _json_line({"server": str(channel.remote_node), "seconds": seconds})
+            else:
+                _out(f"pong from {channel.remote_node}: {seconds * 1000:.2f} ms")
+            if index + 1 < args.count:
+                await asyncio.sleep(args.interval)
+    finally:
+        await channel.finish()
+    return EXIT_OK
+
+
+class _Monitor:
+    """Prints updates; notices drops, gaps and server restarts (epoch changes)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.uris = [_uri(text) for text in args.uris]
+        self.epochs: dict[str, str] = {}
+        self.seqs: dict[str, int] = {}
+        self.printed = 0
+        self.done = asyncio.Event()
+
+    def show(self, uri: str, resource: Any) -> None:
+        if self.done.is_set():
+            return
+        label = _label(uri)
+        if isinstance(resource, dict) and "seq" in resource:
+            epoch, seq = str(resource.get("epoch")), resource.get("seq")
+            if uri in self.epochs and self.epochs[uri] != epoch:
+                _note(f"{label}: the server restarted (epoch {epoch}); numbering starts again")
+            elif isinstance(seq, int) and uri in self.seqs and not resource.get("dropped"):
+                missed = seq - self.seqs[uri] - 1
+                if missed > 0:
+                    _note(f"{label}: {missed} updates missed")
+            self.epochs[uri] = epoch
+            if isinstance(seq, int):
+                self.seqs[uri] = seq
+            dropped = resource.get("dropped")
+            if dropped:
+                _note(f"{label}: the server dropped {dropped} updates (we read too slowly)")
+        if self.args.json:
+            doc = dict(resource) if isinstance(resource, dict) else {"value": resource}
+            _json_line({"uri": uri, **doc})
+        else:
+            stamp = resource.get("timestamp") if isinstance(resource, dict) else None
+            value = resource.get("value") if isinstance(resource, dict) else resource
+            _out(f"{stamp or time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}  {label}  "
+                 f"{_show_value(value)}")
+        self.printed += 1
+        if self.args.count and self.printed >= self.args.count:
+            self.done.set()
+
+    def callback(self, uri: str) -> Callable[[Command], None]:
+        def on_update(command: Command) -> None:
+            self.show(uri, command.resource)
+
+        return on_update
+
+
+async def _cmd_monitor(args: argparse.Namespace) -> int:
+    monitor = _Monitor(args)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        # Ctrl-C ends the session politely instead of tearing it down.
+        loop.add_signal_handler(signal.SIGINT, monitor.done.set)
+    connected_once = False
+    delay = 0.5
+    while not monitor.done.is_set():
+        try:
+            channel = await _open(args)
+        except (EstablishTimeout, TransportError, SessionError) as exc:
+            if not connected_once or isinstance(exc, AuthenticationFailed):
+                raise
+            _note(f"reconnect failed ({exc}); trying again in {delay:g} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(monitor.done.wait(), delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        if connected_once:
+            _note(f"reconnected to {args.endpoint}; subscribing again")
+        connected_once, delay = True, 0.5
+        try:
+            for uri in monitor.uris:
+                response = await channel.subscribe(uri, monitor.callback(uri))
+                monitor.show(uri, response.resource)
+            closed = asyncio.ensure_future(channel.wait_closed())
+            stopped = asyncio.ensure_future(monitor.done.wait())
+            await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            closed.cancel()
+            stopped.cancel()
+        except (ChannelClosed, SessionError, CommandTimeout) as exc:
+            log.debug("monitor: %s", exc)
+        if monitor.done.is_set():
+            await channel.finish()
+            break
+        _note(f"connection to {args.endpoint} lost ({channel.close_reason or 'closed'});"
+              " reconnecting")
+        await channel.close()
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ keys
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    try:
+        node = Node.parse(args.name)
+    except ValueError as exc:
+        raise CliError(
+            f"{args.name!r} is not a node name such as alice@irf: {exc}", EXIT_USAGE
+        ) from None
+    if not node.name:
+        raise CliError(f"{args.name!r} is not a node name such as alice@irf", EXIT_USAGE)
+    path = Path(args.out) if args.out else Path(f"{args.name}.key")
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    identity = Identity.generate()
+    identity.save(path, overwrite=args.force)
+    if args.json:
+        _json_line({"name": args.name, "key_file": str(path), "public_key_file": f"{path}.pub",
+                    "public_key": identity.public_key_text})
+        return EXIT_OK
+    _out(f"secret key:  {path}  (keep it private; mode 0600)")
+    _out(f"public key:  {path}.pub")
+    _out(f"             {identity.public_key_text}")
+    _out("to let this key in, add this line to the server's authorized_keys:")
+    _out(f"  {identity.public_key_text} {args.name}")
+    return EXIT_OK
+
+
+def _cmd_authorize(args: argparse.Namespace) -> int:
+    text = args.public_key
+    key = load_public_key(text) if Path(text).is_file() else parse_public_key(text)
+    target = Path(args.authorized_keys)
+    table = AuthorizedKeys.load(target) if target.exists() else AuthorizedKeys(path=target)
+    table.add(key, args.name)
+    table.save(target)
+    _out(f"{args.name} may now connect with {format_public_key(key)} ({target})")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ serve
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import Server, load_config
+    from .server.config import configure_logging
+
+    config = load_config(args.config)
+    configure_logging(config.logging, verbose=args.verbose)
+    server = Server.from_config(config)
+    if not config.listen:
+        raise CliError(f"{args.config}: listen: expected at least one endpoint", EXIT_USAGE)
+
+    async def serve() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def reload() -> None:
+            async def run() -> None:
+                try:
+                    revoked = await server.reload_keys()
+                    if revoked:
+                        log.warning("closed sessions of %s", ", ".join(sorted(revoked)))
+                except KeyFileError as exc:
+                    log.error("keeping the old authorised keys: %s", exc)
+
+            reloads.add(asyncio.ensure_future(run()))
+
+        reloads: set[asyncio.Future[None]] = set()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        if hasattr(signal, "SIGHUP"):
+            loop.add_signal_handler(signal.SIGHUP, reload)
+        async with server:
+            await server.listen()
+            _out(f"rain: serving {server.node} on {' '.join(server.endpoints)}"
+                 f" ({len(server.parameters)} parameters)")
+            await stop.wait()
+            _out("rain: shutting down")
+        for future in reloads:
+            future.cancel()
+        return EXIT_OK
+
+    return _run(lambda _args: serve(), args)
+
+
+# ------------------------------------------------------------------------------ demo
+
+
+def _zmq_ready() -> bool:
+    try:
+        transport_factory("tcp://127.0.0.1:1")
+    except Exception:  # not installed or not finished: the demo falls back to memory
+        return False
+    return True
+
+
+def _example_plugins() -> Path | None:
+    candidate = Path(__file__).resolve().parents[1] / "examples" / "weather_station" / "plugins"
+    return candidate if candidate.is_dir() else None
+
+
+async def _cmd_demo(args: argparse.Namespace) -> int:
+    from .server import Server, ServerConfig
+
+    plugins = Path(args.plugins) if args.plugins else _example_plugins()
+    if plugins is None or not plugins.is_dir():
+        raise CliError(
+            "cannot find the example plugins (examples/weather_station/plugins); pass --plugins",
+            EXIT_USAGE,
+        )
+    use_tcp = not args.memory and _zmq_ready()
+    step = 0
+
+    def say(text: str) -> None:
+        nonlocal step
+        step += 1
+        _out(f"[{step:2}] {text}")
+
+    with tempfile.TemporaryDirectory(prefix="rain-demo-") as folder:
+        base = Path(folder)
+        station, alice = Identity.generate(), Identity.generate()
+        station.save(base / "station.key")
+        alice.save(base / "alice.key")
+        AuthorizedKeys.from_mapping({alice.public_key_text: "alice@irf"}).save(
+            base / "authorized_keys"
+        )
+        say(f"fresh keys in {base}: station@irf {station.public_key_text[:20]}..., "
+            f"alice@irf {alice.public_key_text[:20]}...")
+        endpoint = "tcp://127.0.0.1:0" if use_tcp else f"memory://rain-demo-{secrets.token_hex(4)}"
+        config = ServerConfig(
+            identity=Node.parse("station@irf"),
+            listen=(endpoint,),
+            key_file=base / "station.key",
+            authorized_keys=base / "authorized_keys",
+            allow=("127.0.0.1/32",) if use_tcp else (),
+            plugins=plugins,
+        )
+        server = Server.from_config(config)
+        async with server:
+            await server.listen()
+            bound = server.endpoints[0]
+            security = "ZeroMQ with CURVE" if use_tcp else "in-process memory transport"
+            say(f"server station@irf serving {len(server.parameters)} parameters on {bound}"
+                f" ({security})")
+            channel = await connect(
+                bound, identity=alice, server_key=station.public_key, establish_timeout=5.0
+            )
+            say(f"session established: we are {channel.local_node}, the server is "
+                f"{channel.remote_node} (encryption {channel.transport.encryption.value}, "
+                f"compression {channel.compression.value})")
+            try:
+                await _demo_session(channel, say)
+            finally:
+                await channel.finish()
+            say("session finished")
+        say("server closed; keys deleted")
+    return EXIT_OK
+
+
+async def _demo_session(channel: ClientChannel, say: Callable[[str], None]) -> None:
+    reply = await channel.get("/params")
+    names = ", ".join(item["name"] for item in reply.resource["items"])
+    say(f"get /params -> {names}")
+    reply = await channel.get("/params/temperature")
+    say(f"get /params/temperature -> {reply.resource['value']} degC (seq {reply.resource['seq']})")
+    reply = await channel.set("/params/sampling_interval", 0.2)
+    say(f"set /params/sampling_interval 0.2 -> {reply.status.value if reply.status else '?'}, "
+        f"sample {_show_value(reply.resource)}")
+    try:
+        await channel.set("/params/sampling_interval", -1)
+    except CommandFailed as exc:
+        say(f"set /params/sampling_interval -1 -> refused: {exc.reason}")
+
+    receipts: asyncio.Queue[Notification] = asyncio.Queue()
+    channel.on_notification = receipts.put_nowait
+    message = Message("text/plain", "hello station", id=channel.new_id())
+    await channel.send_message(message)
+    say(f"message {message.id} sent: {message.content!r}")
+    async with asyncio.timeout(5):
+        while True:
+            receipt = await receipts.get()
+            say(f"receipt for {receipt.id}: {receipt.event.value}")
+            if receipt.event in (NotificationEvent.CONSUMED, NotificationEvent.FAILED):
+                break
+
+    updates: asyncio.Queue[Command] = asyncio.Queue()
+    reply = await channel.subscribe("/params/temperature", updates.put_nowait)
+    say(f"subscribe /params/temperature -> now {reply.resource['value']} "
+        f"(seq {reply.resource['seq']})")
+    async with asyncio.timeout(5):
+        for _ in range(2):
+            update = await updates.get()
+            say(f"update: temperature {update.resource['value']} at "
+                f"{update.resource['timestamp']} (seq {update.resource['seq']})")
+    await channel.unsubscribe("/params/temperature")
+
+    alerts: asyncio.Queue[Command] = asyncio.Queue()
+    await channel.subscribe("/params/storm_alert", alerts.put_nowait)
+    await channel.set("/params/simulate_storm", True)
+    say("set /params/simulate_storm true: the pressure starts to fall")
+    async with asyncio.timeout(5):
+        while True:
+            alert = await alerts.get()
+            if alert.resource["value"].get("level") == "warning":
+                say(f"triggered update: storm_alert {_show_value(alert.resource['value'])}")
+                break
+    await channel.set("/params/simulate_storm", False)
+
+
+# ------------------------------------------------------------------------------ arguments
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"rain: error: {message}\n")
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument("-k", "--key", metavar="FILE",
+                       help="your secret key file (default: $RAIN_KEY)")
+    group.add_argument("--server-key", metavar="KEY",
+                       help="the server's public key: its .pub file or 'ed25519:...' text"
+                            " (default: $RAIN_SERVER_KEY)")
+    group.add_argument("--known-hosts", metavar="FILE",
+                       help="file of '<endpoint> <server key>' lines to look the server key up"
+                            " in (default: $RAIN_KNOWN_HOSTS)")
+    group.add_argument("--insecure", action="store_true",
+                       help="talk to a server without transport security (loopback tests only)")
+    group.add_argument("-t", "--timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="give up after this long without an answer (default: 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON, one object per line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="rain",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-v info, -vv debug)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    keygen = commands.add_parser("keygen", help="make a new key pair for a node",
+                                 description="Make a secret key file (mode 0600) and its .pub.")
+    keygen.add_argument("name", metavar="NAME", help="the node's identity, e.g. alice@irf")
+    keygen.add_argument("-o", "--out", metavar="FILE", help="secret key file (default: NAME.key)")
+    keygen.add_argument("--force", action="store_true", help="replace existing key files")
+    keygen.add_argument("--json", action="store_true", help="print JSON")
+
+    authorize = commands.add_parser(
+        "authorize", help="let a public key in as an identity",
+        description="Add '<public key> NAME' to a server's authorised-keys file (created if"
+                    " missing). Send the running server SIGHUP to apply changes.")
+    authorize.add_argument("authorized_keys", metavar="AUTHORIZED_KEYS", help="the file to edit")
+    authorize.add_argument("public_key", metavar="PUBLIC_KEY",
+                           help="a .pub file or 'ed25519:...' text")
+    authorize.add_argument("name", metavar="NAME", help="the identity it proves, e.g. alice@irf")
+
+    serve = commands.add_parser(
+        "serve", help="run a server from a TOML config file",
+        description="Run a RAIN server. SIGHUP re-reads the authorised keys and closes the"
+                    " sessions of revoked keys; SIGINT/SIGTERM shut down cleanly.")
+    serve.add_argument("config", metavar="CONFIG", help="the server's TOML config file")
+
+    get = commands.add_parser("get", help="read parameters",
+                              description="Read the current value of each parameter.")
+    get.add_argument("endpoint", metavar="ENDPOINT", help="e.g. tcp://station:4505")
+    get.add_argument("uris", metavar="PARAMETER", nargs="+", help="name or URI")
+    _client_options(get)
+
+    put = commands.add_parser("set", help="write a parameter",
+                              description="Set a parameter. VALUE is JSON when it parses"
+                                          " (0.5, true, [1,2]), else taken as a string.")
+    put.add_argument("endpoint", metavar="ENDPOINT")
+    put.add_argument("uri", metavar="PARAMETER", help="name or URI")
+    put.add_argument("value", metavar="VALUE")
+    put.add_argument("--string", action="store_true", help="send VALUE as a string, always")
+    _client_options(put)
+
+    monitor = commands.add_parser(
+        "monitor", help="print updates until interrupted",
+        description="Subscribe and print every update with its timestamp until Ctrl-C."
+                    " Reconnects when the link drops and says when updates were dropped.")
+    monitor.add_argument("endpoint", metavar="ENDPOINT")
+    monitor.add_argument("uris", metavar="PARAMETER", nargs="+", help="name or URI")
+    monitor.add_argument("-n", "--count", type=int, default=0, metavar="N",
+                         help="stop after N updates (the first value counts)")
+    _client_options(monitor)
+
+    listing = commands.add_parser("list", help="list the parameters you may use",
+                                  description="List parameters: name, methods, unit, text.")
+    listing.add_argument("endpoint", metavar="ENDPOINT")
+    _client_options(listing)
+
+    ping = commands.add_parser("ping", help="check a server answers",
+                               description="Establish a session and time round trips.")
+    ping.add_argument("endpoint", metavar="ENDPOINT")
+    ping.add_argument("-c", "--count", type=int, default=1, metavar="N", help="pings to send")
+    ping.add_argument("-i", "--interval", type=float, default=1.0, metavar="SECONDS")
+    _client_options(ping)
+
+    demo = commands.add_parser(
+        "demo", help="run a server and a client here, with fresh keys",
+        description="Start the example weather station on loopback with fresh keys in a"
+                    " temporary folder, and walk a client through a session.")
+    demo.add_argument("--plugins", metavar="DIR", help="plugin folder (default: the example)")
+    demo.add_argument("--memory", action="store_true",
+                      help="use the in-process transport instead of ZeroMQ")
+    return parser
+
+
+_ASYNC_COMMANDS: dict[str, CommandFunction] = {
+    "get": _cmd_get,
+    "set": _cmd_set,
+    "list": _cmd_list,
+    "ping": _cmd_ping,
+    "monitor": _cmd_monitor,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``rain`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="rain: %(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    if args.command in _ASYNC_COMMANDS:
+        return _run(_ASYNC_COMMANDS[args.command], args)
+    sync = {"keygen": _cmd_keygen, "authorize": _cmd_authorize, "serve": _cmd_serve}
+    try:
+        return sync[args.command](args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        error = _explain(exc, args)
+        log.debug("command failed", exc_info=exc)
+        _note(f"error: {error}")
+        return error.status
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        raise SystemExit(main())
