@@ -45,6 +45,7 @@ from .errors import (
     ChannelClosed,
     CommandFailed,
     CommandTimeout,
+    EnvelopeDecodeError,
     EstablishTimeout,
     LocalProtocolError,
     RemoteProtocolError,
@@ -192,7 +193,8 @@ class Channel:
 
         An id is assigned when the command has none. Raises CommandTimeout (also a
         TimeoutError) when no final response arrives within ``timeout`` (default
-        ``command_timeout``), ChannelClosed or SessionFailed when the session ends first.
+        ``command_timeout``), ChannelClosed or SessionFailed when the session ends first,
+        EnvelopeDecodeError when the response arrived but could not be read.
         """
         if command.is_response or command.method is CommandMethod.OBSERVE:
             raise LocalProtocolError("send_command is for requests; use send() for one-way ones")
@@ -296,6 +298,7 @@ class Channel:
                     self._protocol.receive_data(data)
                 except RemoteProtocolError as exc:
                     log.warning("%s: peer broke the protocol: %s", self, exc)
+                    self._fail_pending_on_bad_response(exc)
                     self._protocol.reply_to_error(exc)
                 await self._dispatch_all()
                 await self._flush()
@@ -317,6 +320,18 @@ class Channel:
         finally:
             if not self._closing:
                 await self._shutdown(reason)
+
+    def _fail_pending_on_bad_response(self, error: RemoteProtocolError) -> None:
+        # An unreadable response still ends the wait: the caller learns what arrived at once
+        # instead of a misleading CommandTimeout later.
+        if (
+            isinstance(error, EnvelopeDecodeError)
+            and error.is_response
+            and error.envelope_id is not None
+        ):
+            future = self._pending.get(error.envelope_id)
+            if future is not None and not future.done():
+                future.set_exception(error)
 
     async def _dispatch_all(self) -> None:
         for envelope in self._protocol.events_received():

@@ -338,16 +338,6 @@ async def test_string_reason_in_a_notification_is_refused_and_the_session_goes_o
     assert link.server.state.value == "established"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Channel drops an undecodable *response* without touching the pending request, so "
-        "send_command waits out its timeout and raises CommandTimeout ('no response') although "
-        "a response arrived. Fix in Channel._read_loop: on RemoteProtocolError, when "
-        "isinstance(exc, EnvelopeDecodeError) and exc.is_response and exc.envelope_id is in "
-        "self._pending, set that future's exception to exc before reply_to_error."
-    ),
-)
 async def test_string_reason_in_a_command_response_fails_the_request_at_once(
     make_link: MakeLink,
 ) -> None:
@@ -372,7 +362,7 @@ async def test_string_reason_in_a_command_response_fails_the_request_at_once(
         await link.establish()
         link.lime.on_command = lime_on_command
         with pytest.raises(RemoteProtocolError, match=r"\$\.reason"):
-            # 1 s: long enough for the answer to cross many times; short for the xfail run.
+            # 1 s: far longer than the answer needs to cross; a timeout would mean it was lost.
             await link.server.send_command(Command(CommandMethod.GET, "/status"), timeout=1.0)
 
     assert link.adapter.sent[-1]["reason"] == "no status here (Code 67)"
