@@ -82,6 +82,8 @@ class ServedSession:
     channel: ServerChannel
     #: Subscriptions by parameter name.
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
+    #: Set once the session has ended and everything it held is released.
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def identity(self) -> str | None:
@@ -399,6 +401,7 @@ class Server:
                 live.subscriptions.discard(subscription)
         session.subscriptions.clear()
         self._sessions.discard(session)
+        session.ended.set()
 
     async def reload_keys(self) -> set[str]:
         """Re-read the authorised-keys file; end the sessions of identities that lost a key.

@@ -20,7 +20,13 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from ..envelopes import Command, CommandMethod
-from ..errors import ChannelClosed, LocalProtocolError, QueueFull, TransportError
+from ..errors import (
+    ChannelClosed,
+    LocalProtocolError,
+    QueueFull,
+    TransportClosed,
+    TransportError,
+)
 from .samples import SAMPLE_TYPE, Sample
 
 __all__ = ["Subscription"]
@@ -97,6 +103,12 @@ class Subscription:
             )
             try:
                 await self._send(observe)
+            except (ChannelClosed, LocalProtocolError, TransportClosed) as exc:
+                # Before QueueFull: a peer that is gone may raise a QueueFull that is also
+                # TransportClosed, and retrying it would never end.
+                log.debug("subscription %s ends: %s", self.uri, exc)
+                self._closed = True
+                return
             except QueueFull:
                 # The peer is not reading: this sample is lost too. Wait before trying again,
                 # while the bounded queue keeps only the newest samples.
@@ -105,7 +117,7 @@ class Subscription:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
-            except (ChannelClosed, LocalProtocolError, TransportError) as exc:
+            except TransportError as exc:
                 log.debug("subscription %s ends: %s", self.uri, exc)
                 self._closed = True
                 return
