@@ -1,0 +1,660 @@
+"""The ZeroMQ listener: a ROUTER socket demultiplexed into one Transport per peer.
+
+Invariants:
+
+- **Fails closed.** The ZAP authenticator is started in the listener's own context before
+  ``bind``, is referenced by the listener, and ``start()`` proves it with a throwaway key that
+  must be refused; otherwise TransportSecurityError and nothing is served (trap 1).
+- **Identity comes from each frame's ``User-Id``**, which our ZAP handler set to the client's
+  proven Curve25519 key; it is mapped to the Ed25519 key through the live authorised-keys
+  table. Never from the routing id (the client chooses it) or shared state. A frame without a
+  ``User-Id``, or whose ``User-Id`` differs from its transport's, or whose key is no longer
+  authorised, is dropped and logged.
+- **Peers appear on ``hello``** (see :mod:`rain_transport_zmq.transport`) and **disappear on
+  disconnect**: each per-peer transport remembers the descriptor of its connection
+  (``ZMQ_SRCFD``); the ROUTER's monitor reports ``DISCONNECTED`` with that descriptor, and the
+  transport closes once the frames that connection had queued are delivered. Descriptor numbers
+  are reused, so pending monitor events are applied before a new peer is bound to one.
+- **Nothing is dropped silently on send.** ROUTER_MANDATORY and non-blocking sends: a full peer
+  raises QueueFull, a gone one :class:`PeerGone` (QueueFull and TransportClosed).
+- **Revocation is ours to do** (libzmq checks keys once per connection, trap 3):
+  :meth:`ZmqTransportListener.reload_keys` closes the links of removed keys before it returns,
+  and every frame re-checks its key whenever the table's version changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import zmq
+import zmq.utils.z85
+
+from rain_envelopes.envelopes import SessionEncryption
+from rain_envelopes.errors import (
+    ConfigError,
+    QueueFull,
+    TransportClosed,
+    TransportError,
+    TransportSecurityError,
+)
+from rain_envelopes.keys import Identity, format_public_key
+from rain_envelopes.transport import ClientSecurity, ServerSecurity, Transport, TransportListener
+
+from ._common import (
+    BYE,
+    CONTROL,
+    HELLO,
+    HandshakeFailed,
+    PeerGone,
+    apply_common,
+    check_endpoint,
+    log,
+    monitor_ids,
+    to_ms,
+    wants_ipv6,
+)
+from ._io import Inbox, SocketPump, parse_monitor_event
+from .client import ZmqTransport
+from .options import ZmqOptions
+from .security import (
+    ZAP_DOMAIN,
+    Network,
+    ZapAuthenticator,
+    client_curve_keys,
+    normalize_address,
+    parse_allowlist,
+)
+
+if TYPE_CHECKING:
+    from rain_envelopes.keys import AuthorizedKeys
+
+__all__ = ["ZmqPeerTransport", "ZmqTransportListener"]
+
+
+class ZmqPeerTransport(Transport):
+    """The listener's link to one peer (made by the listener, handed out by ``accept()``).
+
+    ``peer_identity`` is the Ed25519 key (``ed25519:...``) the peer proved with CURVE, mapped
+    from the ``User-Id`` of its frames; ``peer_address`` its IP (IPv4-mapped folded to IPv4).
+    ``dropped_frames`` counts frames refused for this peer.
+    """
+
+    def __init__(
+        self,
+        listener: ZmqTransportListener,
+        routing_id: bytes,
+        *,
+        user_id: str | None,
+        ed25519_key: bytes | None,
+        address: str | None,
+        keys_version: int,
+    ) -> None:
+        self._listener = listener
+        self.routing_id = routing_id
+        self.user_id = user_id
+        self.ed25519_key = ed25519_key
+        self.keys_version = keys_version
+        self.peer_identity = format_public_key(ed25519_key) if ed25519_key is not None else None
+        self.peer_address = address
+        if user_id is not None:
+            self.encryption = SessionEncryption.CURVE
+        self.dropped_frames = 0
+        self.inbox = Inbox()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        who = self.peer_identity or self.routing_id.hex()
+        return f"<ZmqPeerTransport {who} {'closed' if self._closed else 'open'}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send(self, data: bytes) -> None:
+        """Send one frame without waiting. Raises QueueFull when the peer's queue is full,
+        PeerGone when its connection is gone, TransportClosed after close."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"send() takes bytes, got {type(data).__name__}")
+        self._listener._send_to(self, data)
+
+    async def receive(self) -> bytes:
+        """The next frame from this peer. Raises TransportClosed once the link has ended."""
+        return await self.inbox.get()
+
+    async def close(self) -> None:
+        """Close this peer's link (the client is asked to disconnect). Idempotent."""
+        self._listener._end_peer(self, TransportClosed("link closed by this server"), bye=True)
+
+
+class ZmqTransportListener(TransportListener):
+    """A ROUTER socket that hands out one :class:`ZmqPeerTransport` per connected peer.
+
+    Secure by default: CURVE with this node's identity, a ZAP authenticator checking
+    ``authorized_keys`` (live, on every handshake) and the IP allowlist, and a start-up
+    self-test. Give either ``security=ServerSecurity(...)`` or the same fields as keywords.
+    Raises ConfigError at construction for missing keys or a bad allowlist or options.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        security: ServerSecurity | None = None,
+        options: Mapping[str, Any] | ZmqOptions | None = None,
+        *,
+        identity: Identity | None = None,
+        authorized_keys: AuthorizedKeys | None = None,
+        allow: Sequence[str] = (),
+        insecure: bool = False,
+    ) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        self._requested = [check_endpoint(endpoint) for endpoint in endpoints]
+        if not self._requested:
+            raise ConfigError("a listener needs at least one endpoint, e.g. tcp://*:4505")
+        if security is not None and (
+            identity is not None or authorized_keys is not None or allow or insecure
+        ):
+            raise ConfigError(
+                "pass either security= or identity=/authorized_keys=/allow=/insecure=, not both"
+            )
+        if security is None:
+            security = ServerSecurity(identity, authorized_keys, tuple(allow), insecure)
+        if not isinstance(security, ServerSecurity):
+            raise ConfigError(f"security must be a ServerSecurity, got {type(security).__name__}")
+        self.security = security
+        self.options = ZmqOptions.from_mapping(options)
+        self.networks: tuple[Network, ...] = parse_allowlist(security.allow)
+        self.secure = not security.insecure
+        if self.secure:
+            if security.identity is None:
+                raise ConfigError(
+                    "a CURVE listener needs the server's identity key:"
+                    " ServerSecurity(identity=Identity.load(KEY_FILE), authorized_keys=...)."
+                    " Pass insecure=True only for tests or a loopback demo"
+                )
+            if security.authorized_keys is None:
+                raise ConfigError(
+                    "a CURVE listener needs authorized_keys (AuthorizedKeys.load(FILE)): without"
+                    " it no client could be told apart from an attacker"
+                )
+        self.authorized_keys = security.authorized_keys if self.secure else None
+        #: The ZAP handler; referenced here so it lives exactly as long as the listener.
+        self.authenticator: ZapAuthenticator | None = None
+        self._context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._router: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None
+        self._router_pump: SocketPump | None = None
+        self._pumps: list[SocketPump] = []
+        self._bound: list[str] = []
+        self._accepted: asyncio.Queue[ZmqPeerTransport | None] = asyncio.Queue()
+        self._peers: dict[bytes, ZmqPeerTransport] = {}
+        self._fd_peers: dict[int, set[bytes]] = {}
+        self._live_fds: set[int] = set()
+        self._doomed: set[bytes] = set()
+        self._peer_fd: dict[bytes, int] = {}
+        self._started = False
+        self._closed = False
+        #: Frames dropped before reaching any peer transport (no User-Id, unknown peer, ...).
+        self.dropped_frames = 0
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "serving" if self._started else "new"
+        return f"<ZmqTransportListener {self._bound or self._requested} {state}>"
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self._bound)
+
+    @property
+    def peers(self) -> list[ZmqPeerTransport]:
+        """The live per-peer transports."""
+        return list(self._peers.values())
+
+    # -------------------------------------------------------------------------- start
+
+    async def start(self) -> None:
+        """Start the authenticator, bind, and prove an unknown key is refused.
+
+        Raises TransportSecurityError (and serves nothing) when the self-test fails or the ZAP
+        endpoint is taken, TransportError when an endpoint cannot be bound, TransportClosed
+        after close.
+        """
+        if self._closed:
+            raise TransportClosed("listener is closed")
+        if self._started:
+            return
+        loop = asyncio.get_running_loop()
+        options = self.options
+        # Our own context: the ZAP handler must live in the context of the socket it guards,
+        # and only one handler can bind per context.
+        self._context = context = zmq.Context(options.io_threads)
+        try:
+            if self.secure or self.networks:
+                self.authenticator = ZapAuthenticator(
+                    context, authorized_keys=self.authorized_keys, networks=self.networks
+                )
+                try:
+                    self.authenticator.start()  # before bind: trap 1
+                except zmq.ZMQError as exc:
+                    raise TransportSecurityError(
+                        f"cannot start the ZAP authenticator: {exc}"
+                    ) from None
+            router = context.socket(zmq.ROUTER)
+            self._router = router
+            self._configure_router(router)
+            self._monitor = self._monitor_router(context, router)
+            for endpoint in self._requested:
+                try:
+                    router.bind(endpoint)
+                except zmq.ZMQError as exc:
+                    raise TransportError(f"cannot listen on {endpoint}: {exc}") from None
+                self._bound.append(router.getsockopt_string(zmq.LAST_ENDPOINT))
+            self._router_pump = SocketPump(loop, router, self._drain_router)
+            self._pumps = [self._router_pump, SocketPump(loop, self._monitor, self._drain_monitor)]
+            if self.secure:
+                await self._self_test()
+            else:
+                log.warning(
+                    "listening on %s WITHOUT transport security: anyone who can reach it can"
+                    " connect",
+                    ", ".join(self._bound),
+                )
+        except BaseException:
+            self._release()
+            self._closed = True
+            raise
+        self._started = True
+        log.info("listening on %s", ", ".join(self._bound))
+
+    def _configure_router(self, router: zmq.Socket[bytes]) -> None:
+        options = self.options
+        apply_common(router, options, self._requested[0])
+        if any(wants_ipv6(endpoint, options) for endpoint in self._requested):
+            router.setsockopt(zmq.IPV6, 1)
+        router.setsockopt(zmq.MAXMSGSIZE, options.server_max_message_size)
+        router.setsockopt(zmq.RCVHWM, options.server_rcvhwm)
+        router.setsockopt(zmq.SNDHWM, options.server_sndhwm)
+        router.setsockopt(zmq.HANDSHAKE_IVL, to_ms(options.server_handshake_ivl))
+        router.setsockopt(zmq.ROUTER_MANDATORY, int(options.router_mandatory))
+        router.setsockopt(zmq.ROUTER_HANDOVER, int(options.router_handover))
+        if self.authenticator is not None:
+            # With a domain set, libzmq asks ZAP for NULL connections too (the allowlist of
+            # an insecure listener); CURVE always asks.
+            router.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        if self.secure:
+            assert self.security.identity is not None
+            public, secret = client_curve_keys(self.security.identity)
+            router.setsockopt(zmq.CURVE_SERVER, 1)
+            router.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            router.setsockopt(zmq.CURVE_SECRETKEY, secret)
+
+    @staticmethod
+    def _monitor_router(
+        context: zmq.Context[zmq.Socket[bytes]], router: zmq.Socket[bytes]
+    ) -> zmq.Socket[bytes]:
+        address = f"inproc://rain-listener-monitor-{next(monitor_ids)}"
+        router.monitor(
+            address,
+            zmq.EVENT_ACCEPTED
+            | zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+        )
+        monitor = context.socket(zmq.PAIR)
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(address)
+        return monitor
+
+    async def _self_test(self) -> None:
+        """Connect with a fresh unknown key; unless our handler refuses it, refuse to serve.
+
+        Trap 1: with no ZAP handler answering (not started, stopped, collected, or bound in
+        another context) libzmq accepts every CURVE key.
+        """
+        assert self.authenticator is not None
+        assert self.security.identity is not None
+        probe_identity = Identity.generate()
+        probe_key = probe_identity.curve_keypair()[0]
+        self.authenticator.watch(probe_key)
+        target = _self_test_endpoint(self._bound[0])
+        probe = ZmqTransport(
+            target,
+            ClientSecurity(identity=probe_identity, server_key=self.security.identity.public_key),
+            self.options.replace(open_timeout=self.options.self_test_timeout),
+            context=self._context,
+        )
+        try:
+            await probe.open()
+        except HandshakeFailed as exc:
+            decision = self.authenticator.decision_for(probe_key)
+            if exc.cause == "refused" and decision is not None and not decision.accepted:
+                log.info("self-test passed: an unknown key was refused (%s)", decision.text)
+                return
+            raise TransportSecurityError(
+                f"start-up self-test on {target} was inconclusive ({exc}); refusing to serve"
+            ) from None
+        except TransportError as exc:
+            raise TransportSecurityError(
+                f"start-up self-test on {target} could not complete ({exc}); refusing to serve"
+            ) from None
+        finally:
+            await probe.close()
+        raise TransportSecurityError(
+            f"start-up self-test: {target} accepted a CURVE key that is not authorised. The ZAP"
+            " authenticator is not answering (libzmq then lets every key in); refusing to serve"
+        )
+
+    # -------------------------------------------------------------------------- receive path
+
+    def _drain_router(self) -> None:
+        router = self._router
+        if router is None:
+            return
+        secure = self.secure
+        for _ in range(self.options.receive_batch):
+            try:
+                routing_id = router.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError as exc:
+                log.error("listener receive failed: %s", exc)
+                return
+            # A ROUTER delivers messages whole: the parts after the routing id are all there.
+            frame = router.recv(zmq.NOBLOCK, copy=False)
+            rest = self._rest(router) if frame.more else None
+            user_id: str | None = None
+            if secure:
+                try:
+                    user_id = str(frame.get("User-Id"))
+                except zmq.ZMQError:
+                    # Trap 1 again: without a User-Id the handshake was not checked by us.
+                    self._drop(routing_id, "a frame without a CURVE User-Id")
+                    continue
+            if rest is None:
+                self._on_data(routing_id, user_id, frame.bytes)
+            elif frame.bytes == CONTROL and rest == [HELLO]:
+                self._on_hello(routing_id, user_id, _frame_address(frame), _frame_fd(frame))
+            else:
+                self._drop(routing_id, "an unknown multipart message")
+        else:
+            assert self._router_pump is not None
+            self._router_pump.kick()  # a full batch: come back after the loop had a turn
+            return
+        # Everything queued has been read: the frames of closed connections are delivered.
+        self._bury_doomed()
+
+    @staticmethod
+    def _rest(router: zmq.Socket[bytes]) -> list[bytes]:
+        parts = [router.recv(zmq.NOBLOCK)]
+        while router.getsockopt(zmq.RCVMORE):
+            parts.append(router.recv(zmq.NOBLOCK))
+        return parts
+
+    def _drop(self, routing_id: bytes, what: str) -> None:
+        self.dropped_frames += 1
+        log.warning("dropped %s (routing id %s)", what, routing_id.hex())
+
+    def _lookup(self, user_id: str | None) -> bytes | None:
+        """The authorised Ed25519 key behind a User-Id (Z85 Curve25519 key), or None."""
+        if user_id is None or self.authorized_keys is None:
+            return None
+        try:
+            curve = zmq.utils.z85.decode(user_id.encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            return None
+        return self.authorized_keys.lookup_curve(curve)
+
+    def _keys_version(self) -> int:
+        return self.authorized_keys.version if self.authorized_keys is not None else 0
+
+    def _on_hello(
+        self, routing_id: bytes, user_id: str | None, address: str | None, fd: int | None
+    ) -> None:
+        ed25519_key: bytes | None = None
+        if self.secure:
+            ed25519_key = self._lookup(user_id)
+            if ed25519_key is None:
+                self._drop(routing_id, "a hello from a key that is not authorised (any more)")
+                return
+        existing = self._peers.get(routing_id)
+        if existing is not None:
+            if routing_id not in self._doomed:
+                if existing.user_id != user_id:
+                    self._drop(routing_id, "a hello claiming another peer's routing id")
+                return
+            # The routing id was reused (clients may choose theirs) after its connection ended.
+            self._end_peer(existing, TransportClosed("peer disconnected"), bye=False)
+        # Disconnect events of earlier connections on this descriptor must be applied first,
+        # or they would close the new peer (see the module docstring).
+        self._drain_monitor()
+        peer = ZmqPeerTransport(
+            self,
+            routing_id,
+            user_id=user_id,
+            ed25519_key=ed25519_key,
+            address=address,
+            keys_version=self._keys_version(),
+        )
+        self._peers[routing_id] = peer
+        if fd is not None:
+            self._peer_fd[routing_id] = fd
+            if fd in self._live_fds:
+                self._fd_peers.setdefault(fd, set()).add(routing_id)
+            else:  # its connection already ended: deliver what it sent, then close
+                self._doomed.add(routing_id)
+        log.info("peer %s connected from %s", peer.peer_identity or routing_id.hex(), address)
+        self._accepted.put_nowait(peer)
+
+    def _on_data(self, routing_id: bytes, user_id: str | None, payload: bytes) -> None:
+        peer = self._peers.get(routing_id)
+        if peer is None:
+            self._drop(routing_id, "a frame from a peer without a live transport")
+            return
+        if peer.user_id != user_id:
+            peer.dropped_frames += 1
+            self._drop(routing_id, "a frame whose User-Id differs from its transport's")
+            return
+        if self.secure and peer.keys_version != self._keys_version():
+            if self._lookup(user_id) != peer.ed25519_key:
+                peer.dropped_frames += 1
+                self._drop(routing_id, f"a frame from revoked key {peer.peer_identity}")
+                self._end_peer(peer, TransportClosed("peer key no longer authorised"), bye=True)
+                return
+            peer.keys_version = self._keys_version()
+        if len(peer.inbox) >= self.options.peer_receive_buffer:
+            # A ROUTER cannot push back on one peer, and a hole in the stream would break the
+            # transport's promise: end this peer's link instead (the client is told).
+            peer.dropped_frames += 1
+            log.warning(
+                "peer %s sent more than %d frames ahead of its session; closing its link",
+                peer.peer_identity or routing_id.hex(),
+                self.options.peer_receive_buffer,
+            )
+            self._end_peer(peer, TransportClosed("peer overran its receive buffer"), bye=True)
+            return
+        peer.inbox.put(payload)
+
+    def _drain_monitor(self) -> None:
+        monitor = self._monitor
+        while monitor is not None:
+            try:
+                parts = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            event = parse_monitor_event(parts)
+            if event is None:
+                continue
+            kind, value, endpoint = event
+            if kind == zmq.EVENT_ACCEPTED:
+                self._live_fds.add(value)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._live_fds.discard(value)
+                gone = self._fd_peers.pop(value, set())
+                if gone:
+                    self._doomed |= gone
+                    if self._router_pump is not None:
+                        self._router_pump.kick()
+            else:
+                log.info("handshake failed on %s (event %d, detail %d)", endpoint, kind, value)
+
+    def _bury_doomed(self) -> None:
+        doomed, self._doomed = self._doomed, set()
+        for routing_id in doomed:
+            peer = self._peers.get(routing_id)
+            if peer is not None:
+                self._end_peer(peer, TransportClosed("peer disconnected"), bye=False)
+
+    # -------------------------------------------------------------------------- send path
+
+    def _send_to(self, peer: ZmqPeerTransport, data: bytes | bytearray | memoryview) -> None:
+        router = self._router
+        if peer.closed or router is None:
+            raise TransportClosed("link to this peer is closed")
+        try:
+            router.send(peer.routing_id, zmq.NOBLOCK | zmq.SNDMORE)
+            router.send(data, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            raise QueueFull(
+                f"peer {peer.peer_identity or peer.routing_id.hex()} has"
+                f" {self.options.server_sndhwm} frames queued; this frame was not sent"
+            ) from None
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                self._end_peer(peer, TransportClosed("peer disconnected"), bye=False)
+                raise PeerGone(
+                    f"peer {peer.peer_identity or peer.routing_id.hex()} is gone; frame not sent"
+                ) from None
+            raise TransportError(f"sending to a peer failed: {exc}") from None
+        finally:
+            if self._router_pump is not None:
+                self._router_pump.kick()  # the send may have consumed the FD's edge
+
+    def _end_peer(self, peer: ZmqPeerTransport, error: TransportError, *, bye: bool) -> None:
+        if peer._closed:
+            return
+        peer._closed = True
+        routing_id = peer.routing_id
+        if self._peers.get(routing_id) is peer:
+            del self._peers[routing_id]
+            fd = self._peer_fd.pop(routing_id, None)
+            if fd is not None:
+                members = self._fd_peers.get(fd)
+                if members is not None:
+                    members.discard(routing_id)
+                    if not members:
+                        del self._fd_peers[fd]
+            self._doomed.discard(routing_id)
+        router = self._router
+        if bye and router is not None:
+            # Full or gone: then it notices the dead link some other way.
+            with contextlib.suppress(zmq.ZMQError):
+                router.send_multipart([routing_id, CONTROL, BYE], zmq.NOBLOCK)
+            if self._router_pump is not None:
+                self._router_pump.kick()
+        peer.inbox.end(error)
+        log.info("link to peer %s closed: %s", peer.peer_identity or routing_id.hex(), error)
+
+    # -------------------------------------------------------------------------- public API
+
+    async def accept(self) -> Transport:
+        """The next new peer's transport. Raises TransportClosed once the listener is closed,
+        TransportError before ``start()``."""
+        if self._closed:
+            raise TransportClosed("listener is closed")
+        if not self._started:
+            raise TransportError("call start() before accept()")
+        peer = await self._accepted.get()
+        if peer is None:
+            self._accepted.put_nowait(None)  # wake the next waiter too
+            raise TransportClosed("listener is closed")
+        return peer
+
+    async def close_peer(self, peer_identity: str) -> int:
+        """Close every live transport whose peer proved ``peer_identity``; return how many.
+
+        Each client is sent a ``bye`` and closes its end; frames still coming from it are
+        dropped. Never raises.
+        """
+        matching = [peer for peer in self._peers.values() if peer.peer_identity == peer_identity]
+        for peer in matching:
+            self._end_peer(peer, TransportClosed("link closed by this server"), bye=True)
+        return len(matching)
+
+    async def reload_keys(self) -> set[bytes]:
+        """Re-read the authorised-keys file; close live links of keys it no longer grants.
+
+        New handshakes use the new table at once (the authenticator looks keys up live); live
+        links of removed keys are closed before this returns. Returns the removed Ed25519 keys.
+        Raises KeyFileError when the file is bad (the old table stays), ConfigError when the
+        listener has no authorised-keys file.
+        """
+        if self.authorized_keys is None:
+            raise ConfigError("this listener has no authorised keys to reload")
+        removed = self.authorized_keys.reload()
+        closed = 0
+        for key in removed:
+            closed += await self.close_peer(format_public_key(key))
+        if removed:
+            log.warning("revoked %d key(s); closed %d live link(s)", len(removed), closed)
+        return removed
+
+    async def close(self) -> None:
+        """Stop accepting, close every peer transport and release sockets. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for peer in list(self._peers.values()):
+            self._end_peer(peer, TransportClosed("listener closed"), bye=False)
+        self._release()
+        self._accepted.put_nowait(None)
+
+    def _release(self) -> None:
+        for pump in self._pumps:
+            pump.close()
+        self._pumps, self._router_pump = [], None
+        if self.authenticator is not None:
+            self.authenticator.stop()
+        router, monitor = self._router, self._monitor
+        self._router = self._monitor = None
+        if router is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                router.disable_monitor()
+            router.close(linger=0)
+        if monitor is not None:
+            monitor.close(linger=0)
+        context, self._context = self._context, None
+        if context is not None:
+            # Every socket of this context is closed with LINGER 0 above, so this cannot hang.
+            context.destroy(linger=0)
+
+
+def _frame_address(frame: zmq.Frame) -> str | None:
+    try:
+        raw = frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return None
+    if not isinstance(raw, str) or not raw:
+        return None
+    ip = normalize_address(raw)
+    return str(ip) if ip is not None else raw
+
+
+def _frame_fd(frame: zmq.Frame) -> int | None:
+    try:
+        fd = frame.get(zmq.SRCFD)
+    except zmq.ZMQError:
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _self_test_endpoint(bound: str) -> str:
+    """Where a local probe reaches a bound endpoint (wildcard binds -> loopback)."""
+    if bound.startswith("tcp://0.0.0.0:"):
+        return "tcp://127.0.0.1:" + bound.rsplit(":", 1)[1]
+    if bound.startswith("tcp://[::]:"):
+        return "tcp://[::1]:" + bound.rsplit(":", 1)[1]
+    return bound

@@ -1,0 +1,50 @@
+"""Fixtures for the ZeroMQ transport tests: identities, key files and a log watcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rain_envelopes.keys import AuthorizedKeys, Identity
+
+from .helpers import LogWatcher
+
+
+@pytest.fixture
+def log_watcher() -> Iterator[LogWatcher]:
+    watcher = LogWatcher()
+    logger = logging.getLogger("rain_transport_zmq")
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(watcher)
+    try:
+        yield watcher
+    finally:
+        logger.removeHandler(watcher)
+        logger.setLevel(previous)
+
+
+@pytest.fixture
+def server_identity() -> Identity:
+    return Identity.generate()
+
+
+@pytest.fixture
+def client_identity() -> Identity:
+    return Identity.generate()
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path, client_identity: Identity) -> Path:
+    """An authorised-keys file listing ``client_identity`` as alice@irf."""
+    path = tmp_path / "authorized_keys"
+    AuthorizedKeys({client_identity.public_key: "alice@irf"}).save(path)
+    return path
+
+
+@pytest.fixture
+def authorized_keys(keys_file: Path) -> AuthorizedKeys:
+    return AuthorizedKeys.load(keys_file)
