@@ -47,6 +47,7 @@ from .errors import (
     SessionError,
     SessionFailed,
     TransportError,
+    TransportSecurityError,
 )
 from .keys import (
     AuthorizedKeys,
@@ -238,8 +239,13 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> CliError:
         return CliError(f"{endpoint}: the session ended: {exc}", EXIT_UNREACHABLE)
     if isinstance(exc, ConfigError):
         return CliError(str(exc), EXIT_USAGE)
+    if isinstance(exc, TransportSecurityError):
+        return CliError(str(exc), EXIT_AUTH)  # refused key, wrong server key, no CURVE
     if isinstance(exc, TransportError):
-        return CliError(f"cannot reach {endpoint}: {exc}", EXIT_UNREACHABLE)
+        text = str(exc)
+        return CliError(
+            text if endpoint in text else f"cannot reach {endpoint}: {text}", EXIT_UNREACHABLE
+        )
     from .server.errors import PluginError
 
     if isinstance(exc, PluginError):
@@ -779,7 +785,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``rain`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    # Errors reach the user as one `rain: error:` line; library warnings that say the same
+    # thing again would only add noise, so they show from -v on.
+    level = [logging.ERROR, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="rain: %(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()

@@ -1,0 +1,435 @@
+"""The `rain` command driven as a user would: subprocesses, real ZeroMQ with CURVE on loopback.
+
+One server (`rain serve`, tcp://127.0.0.1:0) is shared by the read/write tests of this module;
+tests that stop, restart or signal a server start their own. Every subprocess call has a
+timeout; servers are waited for by reading their "serving ... on ENDPOINT" line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+from rain_envelopes.transport import transport_factory
+
+
+def _zmq_available() -> bool:
+    try:
+        transport_factory("tcp://127.0.0.1:1")
+    except Exception:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _zmq_available(), reason="the ZeroMQ transport is missing")
+
+EXAMPLE_PLUGINS = Path(__file__).resolve().parents[1] / "examples" / "weather_station" / "plugins"
+
+PLUGIN = """
+from rain_envelopes.server import Parameter, parameter
+
+count = 0
+
+
+@parameter(unit="degC", interval=0.05)
+def temperature() -> float:
+    \"\"\"A reading that changes.\"\"\"
+    global count
+    count += 1
+    return 20.0 + count / 100
+
+
+knob = Parameter("knob", value=1, writable=True, description="A setting",
+                 schema={"type": "integer", "minimum": 0, "maximum": 10})
+note = Parameter("note", value="", writable=True, schema={"type": "string"})
+
+
+@parameter()
+def broken() -> float:
+    raise RuntimeError("sensor unplugged")
+"""
+
+CONFIG = """
+identity = "station@irf"
+listen = ["tcp://127.0.0.1:{port}"]
+key_file = "station.key"
+authorized_keys = "authorized_keys"
+allow = ["127.0.0.1/32"]
+plugins = "plugins"
+
+[[access]]
+identity = "*@irf"
+uri = "/params*"
+methods = ["get", "subscribe"]
+
+[[access]]
+identity = "alice@irf"
+uri = "/params/*"
+methods = ["set"]
+"""
+
+
+def rain(
+    *args: str, timeout: float = 20.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "rain_envelopes.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd,
+    )
+
+
+@dataclass
+class Site:
+    """A folder with keys for station, alice, bob and a stranger, plus a server config."""
+
+    folder: Path
+
+    def key(self, name: str) -> str:
+        return str(self.folder / f"{name}.key")
+
+    @property
+    def station_pub(self) -> str:
+        return str(self.folder / "station.key.pub")
+
+    def client(self, name: str) -> list[str]:
+        return ["--key", self.key(name), "--server-key", self.station_pub, "--timeout", "5"]
+
+    def write_config(self, port: int = 0, plugins: str | None = None) -> Path:
+        config = self.folder / "rain.toml"
+        text = CONFIG.format(port=port)
+        if plugins is not None:
+            text = text.replace('plugins = "plugins"', f"plugins = {plugins!r}")
+        config.write_text(text)
+        return config
+
+
+def make_site(folder: Path) -> Site:
+    site = Site(folder)
+    for name in ("station", "alice", "bob", "stranger"):
+        done = rain("keygen", f"{name}@irf", "--out", site.key(name))
+        assert done.returncode == 0, done.stderr
+    for name in ("alice", "bob"):
+        done = rain("authorize", str(folder / "authorized_keys"), site.key(name) + ".pub",
+                    f"{name}@irf")
+        assert done.returncode == 0, done.stderr
+    (folder / "plugins").mkdir()
+    (folder / "plugins" / "lab.py").write_text(PLUGIN)
+    site.write_config()
+    return site
+
+
+class ServerProcess:
+    """`rain serve CONFIG` in a subprocess; ``endpoint`` is read from its first line."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAIN_")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rain_envelopes.cli", "serve", str(config)],
+            stdout=subprocess.PIPE, stderr=self._log_file, text=True, env=env,
+        )
+        assert self.process.stdout is not None
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            line = pool.submit(self.process.stdout.readline).result(timeout=15)
+        found = re.search(r"serving \S+ on (tcp://\S+)", line)
+        if found is None:
+            self.stop()
+            raise AssertionError(f"server did not start: {line!r}\n{log.read_text()}")
+        self.endpoint = found.group(1)
+        self.port = int(self.endpoint.rsplit(":", 1)[1])
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout=10)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(5)
+            self._log_file.close()
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+        return code
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    return make_site(tmp_path_factory.mktemp("site"))
+
+
+@pytest.fixture(scope="module")
+def served(site: Site) -> Iterator[ServerProcess]:
+    server = ServerProcess(site.folder / "rain.toml", site.folder / "server.log")
+    yield server
+    assert server.stop() == 0
+
+
+# ------------------------------------------------------------------------------ help and keys
+
+
+def test_help_lists_every_command_and_a_first_step() -> None:
+    done = rain("--help")
+    assert done.returncode == 0
+    for command in ("keygen", "serve", "get", "set", "monitor", "list", "ping", "demo"):
+        assert command in done.stdout
+    assert "rain demo" in done.stdout
+    assert "exit status" in done.stdout
+    bare = rain()
+    assert bare.returncode == 2
+    wrong = rain("get")
+    assert wrong.returncode == 2
+    assert "rain: error:" in wrong.stderr
+
+
+def test_keygen_writes_a_private_key_and_says_how_to_authorise_it(tmp_path: Path) -> None:
+    done = rain("keygen", "carol@irf", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    secret = tmp_path / "carol@irf.key"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    public = (tmp_path / "carol@irf.key.pub").read_text().split()[0]
+    assert f"{public} carol@irf" in done.stdout
+    again = rain("keygen", "carol@irf", cwd=tmp_path)
+    assert again.returncode == 4
+    assert again.stderr.startswith("rain: error: refusing to overwrite")
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------ get/set/list/ping
+
+
+def test_get_set_list_ping(site: Site, served: ServerProcess) -> None:
+    alice = site.client("alice")
+    listing = rain("list", served.endpoint, *alice)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert any(re.match(r"knob\s+get,set,subscribe\s+A setting", line) for line in lines)
+    assert any(re.match(r"temperature\s+get,subscribe\s+degC\s+A reading", line) for line in lines)
+
+    got = rain("get", served.endpoint, "knob", "/params/note", *alice)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.splitlines()[0] == "knob 1"
+
+    put = rain("set", served.endpoint, "knob", "7", *alice)
+    assert put.returncode == 0, put.stderr
+    assert put.stdout.strip() == "knob 7"
+    text = rain("set", served.endpoint, "note", "hello world", *alice, "--json")
+    assert text.returncode == 0, text.stderr
+    assert orjson.loads(text.stdout)["value"] == "hello world"
+
+    as_json = rain("get", served.endpoint, "knob", "temperature", *alice, "--json")
+    assert as_json.returncode == 0
+    documents = [orjson.loads(line) for line in as_json.stdout.splitlines()]
+    assert documents[0]["uri"] == "/params/knob"
+    assert documents[0]["value"] == 7
+    assert {"timestamp", "seq", "epoch"} <= documents[1].keys()
+
+    ping = rain("ping", served.endpoint, *alice)
+    assert ping.returncode == 0, ping.stderr
+    assert re.match(r"pong from station@irf\S*: \d+\.\d+ ms", ping.stdout)
+
+
+def test_monitor_prints_timestamped_updates(site: Site, served: ServerProcess) -> None:
+    done = rain("monitor", served.endpoint, "temperature", "--count", "3", *site.client("bob"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3
+    assert all(re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z  temperature  20\.\d+$", li) for li in lines)
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (("get", "{endpoint}", "nope"), 1, r"/params/nope: 67: no parameter 'nope'"),
+        (("set", "{endpoint}", "knob", "99"), 1,
+         r"/params/knob: 64: invalid value: knob must be smaller than or equal to 10"),
+        (("get", "{endpoint}", "broken"), 1,
+         r"/params/broken: 101: getter of broken failed: RuntimeError: sensor unplugged"),
+        (("set", "{endpoint}", "temperature", "1"), 1, r"66: parameter 'temperature' is read-only"),
+    ],
+)
+def test_refused_commands_are_one_line_errors(
+    site: Site, served: ServerProcess, args: tuple[str, ...], status: int, message: str
+) -> None:
+    done = rain(*(a.format(endpoint=served.endpoint) for a in args), *site.client("alice"))
+    assert done.returncode == status
+    assert re.fullmatch(r"rain: error: .*" + message + r".*\n", done.stderr), done.stderr
+
+
+def test_access_denied_is_exit_5(site: Site, served: ServerProcess) -> None:
+    done = rain("set", served.endpoint, "knob", "3", *site.client("bob"))
+    assert done.returncode == 5
+    assert "access denied (35: bob@irf may not set /params/knob)" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_key_problems_are_exit_4(site: Site, served: ServerProcess) -> None:
+    stranger = rain("get", served.endpoint, "knob", *site.client("stranger"))
+    assert stranger.returncode == 4, stranger.stderr
+    assert stranger.stderr.startswith("rain: error:")
+    assert "authorised keys" in stranger.stderr
+
+    wrong_server = rain("get", served.endpoint, "knob", "--key", site.key("alice"),
+                        "--server-key", site.key("bob") + ".pub", "--timeout", "5")
+    assert wrong_server.returncode == 4, wrong_server.stderr
+    assert "server key" in wrong_server.stderr
+
+    no_server_key = rain("get", served.endpoint, "knob", "--key", site.key("alice"))
+    assert no_server_key.returncode == 4
+    assert "no server key" in no_server_key.stderr
+
+    missing = rain("get", served.endpoint, "knob", "--key", str(site.folder / "nope.key"),
+                   "--server-key", site.station_pub)
+    assert missing.returncode == 4
+    assert "does not exist" in missing.stderr
+
+
+def test_an_unreachable_server_is_exit_3(site: Site) -> None:
+    started = time.monotonic()
+    done = rain("get", "tcp://127.0.0.1:9", "knob", *site.client("alice")[:-2], "--timeout", "1")
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.startswith("rain: error:")
+    assert len(done.stderr.splitlines()) == 1
+    assert time.monotonic() - started < 10
+
+
+# ------------------------------------------------------------------------------ serve
+
+
+def test_serve_refuses_a_broken_plugin_naming_file_and_line(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    broken = tmp_path / "plugins" / "zz_broken.py"
+    broken.write_text("import os\nraise ImportError('no driver')\n")
+    done = rain("serve", str(site.folder / "rain.toml"))
+    assert done.returncode == 2
+    assert re.search(r"zz_broken\.py:2: plugin failed to import: ImportError: no driver",
+                     done.stderr), done.stderr
+
+
+def test_serve_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "rain.toml"
+    config.write_text('identity = "station@irf"\nlisten = "tcp://127.0.0.1:0"\n'
+                      'authorized_keys = "k"\n[limits]\nqueue_lenght = 5\n')
+    done = rain("serve", str(config))
+    assert done.returncode == 2
+    assert "limits.queue_lenght: unknown key; did you mean 'queue_length'?" in done.stderr
+
+
+def test_sighup_reloads_keys_and_closes_revoked_sessions(tmp_path: Path) -> None:
+    from rain_envelopes.channel import connect
+    from rain_envelopes.keys import AuthorizedKeys, Identity, load_public_key
+
+    site = make_site(tmp_path)
+    server = ServerProcess(site.folder / "rain.toml", tmp_path / "server.log")
+
+    async def scenario() -> float:
+        station_key = load_public_key(site.station_pub)
+        alice = await connect(server.endpoint, identity=Identity.load(site.key("alice")),
+                              server_key=station_key, establish_timeout=5)
+        bob = await connect(server.endpoint, identity=Identity.load(site.key("bob")),
+                            server_key=station_key, establish_timeout=5)
+        await alice.get("/params/knob")
+        AuthorizedKeys.from_mapping({
+            load_public_key(site.key("bob") + ".pub"): "bob@irf"
+        }).save(site.folder / "authorized_keys")
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGHUP)
+        await asyncio.wait_for(alice.wait_closed(), 5)
+        elapsed = time.monotonic() - started
+        assert (await bob.get("/params/knob")).resource["value"] == 1
+        await bob.finish()
+        return elapsed
+
+    try:
+        elapsed = asyncio.run(scenario())
+    finally:
+        assert server.stop() == 0
+    assert elapsed < 2.0
+    assert "revoked" in server.log.read_text()
+
+
+def test_monitor_reports_reconnects_after_a_server_restart(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    first = ServerProcess(site.folder / "rain.toml", tmp_path / "first.log")
+    site.write_config(port=first.port)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIN_")}
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "rain_envelopes.cli", "monitor", first.endpoint, "temperature",
+         *site.client("bob"), "--timeout", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    assert monitor.stdout is not None
+    assert monitor.stderr is not None
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    try:
+        assert "temperature" in pool.submit(monitor.stdout.readline).result(timeout=15)
+        assert first.stop() == 0
+        assert "lost" in pool.submit(monitor.stderr.readline).result(timeout=15)
+        second = ServerProcess(site.folder / "rain.toml", tmp_path / "second.log")
+        try:
+            notes = []
+            while not any("restarted" in note for note in notes):
+                notes.append(pool.submit(monitor.stderr.readline).result(timeout=20))
+            assert any("reconnected" in note for note in notes)
+        finally:
+            monitor.send_signal(signal.SIGINT)
+            assert monitor.wait(timeout=10) == 0
+            assert second.stop() == 0
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()
+        monitor.wait(5)
+        monitor.stdout.close()
+        monitor.stderr.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------ demo and tutorial
+
+
+def test_demo_runs_a_whole_session_over_zeromq_and_exits_0() -> None:
+    started = time.monotonic()
+    done = rain("demo", timeout=30)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "ZeroMQ with CURVE" in out
+    assert "encryption curve" in out
+    for step in ("session established", "get /params/temperature", "set /params/sampling_interval",
+                 "receipt for", ": received", ": consumed", "update: temperature",
+                 "storm_alert", "session finished"):
+        assert step in out, step
+    assert elapsed < 10
+
+
+def test_the_example_weather_station_serves(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    config = site.write_config(plugins=str(EXAMPLE_PLUGINS))
+    server = ServerProcess(config, tmp_path / "server.log")
+    try:
+        listing = rain("list", server.endpoint, *site.client("alice"), "--json")
+        assert listing.returncode == 0, listing.stderr
+        names = {item["name"] for item in orjson.loads(listing.stdout)}
+        assert names == {"temperature", "pressure", "sampling_interval", "storm_alert",
+                         "simulate_storm"}
+        done = rain("set", server.endpoint, "sampling_interval", "0.5", *site.client("alice"))
+        assert done.returncode == 0, done.stderr
+    finally:
+        assert server.stop() == 0
+
+
