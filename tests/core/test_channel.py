@@ -672,7 +672,7 @@ async def test_idle_ping_ends_a_session_whose_peer_went_silent() -> None:
         return wrapped[0]
 
     options = {"ping_interval": 0.2, "ping_timeout": 0.2}
-    async with channels(wrap_server=wrap, client_options=options) as (client, server):
+    async with channels(wrap_server=wrap, client_options=options) as (client, _server):
         wrapped[0].muted = True  # the server still reads, but nothing it says arrives
         loop = asyncio.get_running_loop()
         started = loop.time()

@@ -207,6 +207,29 @@ def test_a_server_offering_only_gzip_still_tells_the_client() -> None:
     assert client.compression is server.compression
 
 
+@pytest.mark.parametrize(
+    ("preferred", "offered", "chosen"),
+    [(GZIP, (NONE,), NONE), (NONE, (GZIP,), GZIP), (GZIP, (NONE, GZIP), GZIP)],
+)
+def test_a_client_only_ever_chooses_an_offered_compression(
+    preferred: SessionCompression,
+    offered: tuple[SessionCompression, ...],
+    chosen: SessionCompression,
+) -> None:
+    # Hand-made server offer, so any list can be offered.
+    client = started(ClientProtocol(node=ALICE_NODE, compression=preferred))
+    client.data_to_send()
+    client.receive_data(encode(Session(
+        _S.NEGOTIATING, id="S1", from_=SERVER_NODE, compression_options=offered,
+        encryption_options=(SessionEncryption.NONE,),
+    )))
+    (choice,) = client.data_to_send()
+    assert decode_frame(choice) == Session(
+        _S.NEGOTIATING, id="S1", compression=chosen, encryption=SessionEncryption.NONE
+    )
+    assert client.compression is NONE  # nothing applies before the echo
+
+
 def test_a_client_that_does_not_get_its_choice_echoed_fails() -> None:
     # Hand-made server: it offers both, then echoes gzip although the client chose none.
     client = started(ClientProtocol(node=ALICE_NODE, compression=NONE))
