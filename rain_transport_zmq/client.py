@@ -51,7 +51,7 @@ __all__ = ["ZmqTransport"]
 _ZERO_COPY_FROM = 64 * 1024
 
 
-def _handshake_error(event: int, value: int, endpoint: str) -> HandshakeFailed:
+def _handshake_error(event: int, value: int, endpoint: str, secure: bool) -> HandshakeFailed:
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return HandshakeFailed(
             f"{endpoint} refused us (ZAP status {value}): our public key is not in the server's"
@@ -71,6 +71,14 @@ def _handshake_error(event: int, value: int, endpoint: str) -> HandshakeFailed:
             detail = f"ZMTP protocol error 0x{value:08x}"
         return HandshakeFailed(f"handshake with {endpoint} failed: {detail}", "protocol")
     reason = errno.errorcode.get(value, str(value))
+    if not secure:
+        # Which event a mismatch produces is a race: the server's ERROR or its close.
+        return HandshakeFailed(
+            f"handshake with {endpoint} failed: the server closed the connection ({reason})."
+            " It most likely requires CURVE, a different security mechanism from this insecure"
+            " client's; or the endpoint is not a RAIN server",
+            "protocol",
+        )
     return HandshakeFailed(
         f"CURVE handshake with {endpoint} failed: the server closed the connection ({reason})."
         " Most likely the pinned server key is not this server's key (check server_key or the"
@@ -282,7 +290,7 @@ class ZmqTransport(Transport):
             if handshake is not None and not handshake.done():
                 handshake.set_result(None)
         elif event in _HANDSHAKE_FAILURES:
-            error = _handshake_error(event, value, self.endpoint)
+            error = _handshake_error(event, value, self.endpoint, self._curve is not None)
             log.warning("%s", error)
             if handshake is not None and not handshake.done():
                 handshake.set_exception(error)
