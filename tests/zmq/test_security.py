@@ -237,7 +237,7 @@ async def test_listener_refuses_to_serve_when_its_authenticator_is_not_running(
     listener = ZmqTransportListener(
         "tcp://127.0.0.1:0", identity=server_identity, authorized_keys=authorized_keys
     )
-    with pytest.raises(TransportSecurityError, match="not authorised.*refusing to serve"):
+    with pytest.raises(TransportSecurityError, match=r"not authorised.*refusing to serve"):
         await bounded(listener.start())
     assert listener._router is None  # everything released
     with pytest.raises(TransportClosed):
