@@ -501,7 +501,9 @@ class Channel:
                 continue
             try:
                 await self.ping(timeout=self.ping_timeout)
-            except (CommandTimeout, CommandFailed):
+            except CommandFailed:
+                continue  # a peer that answers, even with a failure, is alive
+            except CommandTimeout:
                 log.warning("%s: peer silent for %.1f s; ending the session", self, idle)
                 self._spawn(self._end_silent())
                 return

@@ -335,7 +335,7 @@ def _error(
     return EnvelopeDecodeError(
         message, code=code, envelope_id=envelope_id, kind=kind,
         method=method.lower() if known and isinstance(method, str) else None,
-        is_response=obj.get("status") is not None,
+        is_response=kind == "command" and obj.get("status") is not None,
     )
 
 

@@ -74,6 +74,10 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         raise EnvelopeDecodeError(f"$: not a gzip frame: {exc}") from None
     if len(out) > limit or decompressor.unconsumed_tail:
         raise EnvelopeDecodeError(f"$: envelope inflates beyond the limit of {limit} bytes")
+    if not decompressor.eof:
+        raise EnvelopeDecodeError("$: truncated gzip frame")
+    if decompressor.unused_data:
+        raise EnvelopeDecodeError("$: bytes after the gzip stream")
     return out
 
 
@@ -217,7 +221,12 @@ class _Protocol:
         if decode_error.kind == "notification" or decode_error.is_response:
             return
         reply: Envelope
-        if decode_error.kind == "command" and decode_error.method and decode_error.envelope_id:
+        if (
+            decode_error.kind == "command"
+            and decode_error.method
+            and decode_error.method != CommandMethod.OBSERVE  # one-way: never a response
+            and decode_error.envelope_id
+        ):
             reply = Command(
                 CommandMethod(decode_error.method), id=decode_error.envelope_id,
                 status=CommandStatus.FAILURE, reason=reason,
@@ -260,7 +269,9 @@ class ServerProtocol(_Protocol):
         super().__init__(node=node, max_envelope_size=max_envelope_size)
         self.authenticator = authenticator
         self.peer_identity = peer_identity
-        self.compression_options = tuple(compression_options) or (SessionCompression.NONE,)
+        self.compression_options = tuple(
+            SessionCompression(option) for option in compression_options
+        ) or (SessionCompression.NONE,)
         self.encryption_options = (encryption,)
         self.encryption = encryption
         self.registry = registry
@@ -295,7 +306,10 @@ class ServerProtocol(_Protocol):
             self._fail_session(Reason(exc.code, str(exc)))
 
     def _after_new(self) -> None:
-        if len(self.compression_options) > 1:
+        # Negotiate when there is a choice, and also when the only option is not `none`: the
+        # client must be told before frames change shape.
+        only = self.compression_options[0]
+        if len(self.compression_options) > 1 or only is not SessionCompression.NONE:
             self._send_session(self._reply(
                 _S.NEGOTIATING,
                 compression_options=self.compression_options,
@@ -376,10 +390,14 @@ class ServerProtocol(_Protocol):
         self._establish(identity, claimed=claimed)
 
     def _establish(self, identity: str, *, claimed: Node | None) -> None:
-        if identity == GUEST_IDENTITY and claimed is not None and claimed.name:
+        if identity == GUEST_IDENTITY:
             # A guest is whoever it says, inside the guest domain, so it can never pass for a
             # real identity in access rules.
-            node = Node(claimed.name, GUEST_IDENTITY, claimed.instance)
+            node = Node(
+                claimed.name if claimed and claimed.name else GUEST_IDENTITY,
+                GUEST_IDENTITY,
+                claimed.instance if claimed else None,
+            )
         else:
             try:
                 node = Node.parse(identity)
