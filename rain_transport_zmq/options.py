@@ -39,7 +39,9 @@ class ZmqOptions:
                                           server allocate. A peer that sends a larger frame
                                           is disconnected by libzmq without any error
                                           message: the client only sees its link drop
-                                          (its transport closes). -1 = no limit (unsafe).
+                                          (its transport closes). The size is checked on
+                                          the wire, so with CURVE the largest envelope is
+                                          33 bytes less. -1 = no limit (unsafe).
     client_max_message_size    4 MiB      MAXMSGSIZE on clients: servers are trusted more
                                           (the key is pinned), but a bound still protects
                                           a client from a hostile endpoint.
