@@ -365,6 +365,10 @@ async def _cmd_ping(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _updates(count: int) -> str:
+    return f"{count} update" + ("" if count == 1 else "s")
+
+
 class _Monitor:
     """Prints updates; notices drops, gaps and server restarts (epoch changes)."""
 
@@ -387,13 +391,13 @@ class _Monitor:
             elif isinstance(seq, int) and uri in self.seqs and not resource.get("dropped"):
                 missed = seq - self.seqs[uri] - 1
                 if missed > 0:
-                    _note(f"{label}: {missed} updates missed")
+                    _note(f"{label}: {_updates(missed)} missed")
             self.epochs[uri] = epoch
             if isinstance(seq, int):
                 self.seqs[uri] = seq
             dropped = resource.get("dropped")
             if dropped:
-                _note(f"{label}: the server dropped {dropped} updates (we read too slowly)")
+                _note(f"{label}: the server dropped {_updates(dropped)} (we read too slowly)")
         if self.args.json:
             doc = dict(resource) if isinstance(resource, dict) else {"value": resource}
             _json_line({"uri": uri, **doc})
@@ -446,6 +450,9 @@ async def _cmd_monitor(args: argparse.Namespace) -> int:
             stopped.cancel()
         except (ChannelClosed, SessionError, CommandTimeout) as exc:
             log.debug("monitor: %s", exc)
+        except BaseException:
+            await channel.finish()  # e.g. a refused subscription: leave politely, then report
+            raise
         if monitor.done.is_set():
             await channel.finish()
             break

@@ -239,6 +239,13 @@ def test_get_set_list_ping(site: Site, served: ServerProcess) -> None:
     assert documents[0]["value"] == 7
     assert {"timestamp", "seq", "epoch"} <= documents[1].keys()
 
+    hosts = site.folder / "known_hosts"
+    station_key = Path(site.station_pub).read_text().split()[0]
+    hosts.write_text(f"{served.endpoint} {station_key}\n")
+    pinned = rain("get", served.endpoint, "knob", "--key", site.key("alice"),
+                  "--known-hosts", str(hosts))
+    assert pinned.returncode == 0, pinned.stderr
+
     ping = rain("ping", served.endpoint, *alice)
     assert ping.returncode == 0, ping.stderr
     assert re.match(r"pong from station@irf\S*: \d+\.\d+ ms", ping.stdout)
@@ -250,6 +257,31 @@ def test_monitor_prints_timestamped_updates(site: Site, served: ServerProcess) -
     lines = done.stdout.splitlines()
     assert len(lines) == 3
     assert all(re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z  temperature  20\.\d+$", li) for li in lines)
+
+
+def test_monitor_output_reports_drops_gaps_and_restarts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from rain_envelopes.cli import _Monitor, build_parser
+
+    args = build_parser().parse_args(["monitor", "tcp://h:1", "temp", "--count", "5"])
+    monitor = _Monitor(args)
+    uri = "/params/temp"
+    base = {"timestamp": "2026-01-01T00:00:00.000Z", "epoch": "e1"}
+    monitor.show(uri, {**base, "value": 1, "seq": 1})
+    monitor.show(uri, {**base, "value": 2, "seq": 5, "dropped": 3})
+    monitor.show(uri, {**base, "value": 3, "seq": 7})
+    monitor.show(uri, {**base, "value": 4, "seq": 1, "epoch": "e2"})
+    assert not monitor.done.is_set()
+    monitor.show(uri, {**base, "value": 5, "seq": 2, "epoch": "e2"})
+    assert monitor.done.is_set()
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1] == "2026-01-01T00:00:00.000Z  temp  2"
+    assert err.splitlines() == [
+        "rain: temp: the server dropped 3 updates (we read too slowly)",
+        "rain: temp: 1 update missed",
+        "rain: temp: the server restarted (epoch e2); numbering starts again",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -128,8 +128,11 @@ class LiveParameter:
     def publish_threadsafe(self, value: Any, timestamp: datetime) -> None:
         if self.runtime.on_loop():
             self._publish_logged(value, timestamp)
-        else:
+            return
+        try:
             self.runtime.loop.call_soon_threadsafe(self._publish_logged, value, timestamp)
+        except RuntimeError:  # the loop has closed under a plugin thread: nobody to tell
+            log.debug("publication of %s after the server stopped dropped", self.name)
 
     def interval_changed(self) -> None:
         if self.runtime.on_loop():

@@ -52,7 +52,7 @@ from ..protocol import NodeRegistry
 from ..transport import ServerSecurity, Transport, TransportListener, transport_factory
 from .access import AccessPolicy
 from .config import Limits, ServerConfig
-from .errors import InvalidValue, NotAllowed, ParameterError
+from .errors import InvalidValue, NotAllowed, ParameterError, PluginError
 from .live import LiveParameter, PluginRuntime
 from .parameters import Parameter
 from .plugins import check_unique, load_plugins
@@ -249,7 +249,10 @@ class Server:
         bound: list[Parameter] = []
         try:
             for name, param in self.parameters.items():
-                live = LiveParameter(param, self._runtime)
+                try:
+                    live = LiveParameter(param, self._runtime)
+                except ParameterError as exc:
+                    raise PluginError(exc.description, path=param.path, line=param.line) from None
                 param._bind(live)
                 bound.append(param)
                 self._live[name] = live
