@@ -31,7 +31,7 @@ from rain_envelopes.errors import EnvelopeDecodeError, EnvelopeValidationError
 from rain_envelopes.node import Node
 from tests import strategies as rs
 
-EXAMPLES = settings(max_examples=150, deadline=None)
+EXAMPLES = settings(max_examples=100, deadline=None)
 CAMEL_CASE = re.compile(r"^[a-z]+(?:[A-Z][a-z]*)*$")
 
 
