@@ -536,7 +536,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if hasattr(signal, "SIGHUP"):
             loop.add_signal_handler(signal.SIGHUP, reload)
         async with server:
-            await server.listen()
+            try:
+                await server.listen()
+            except TransportError as exc:
+                raise CliError(f"cannot serve: {exc}", EXIT_FAILED) from None
             _out(f"rain: serving {server.node} on {' '.join(server.endpoints)}"
                  f" ({len(server.parameters)} parameters)")
             await stop.wait()
@@ -602,7 +605,10 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
         )
         server = Server.from_config(config)
         async with server:
-            await server.listen()
+            try:
+                await server.listen()
+            except TransportError as exc:
+                raise CliError(f"cannot serve: {exc}", EXIT_FAILED) from None
             bound = server.endpoints[0]
             security = "ZeroMQ with CURVE" if use_tcp else "in-process memory transport"
             say(f"server station@irf serving {len(server.parameters)} parameters on {bound}"
