@@ -61,6 +61,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
         "sequence-negotiated", "sequence-refused", "sequence-miss",
     ),
     "reference/reason-codes.md": ("reason-codes",),
+    "reference/wire-format.md": ("limits", "enums"),
+    "reference/errors.md": ("error-tree",),
+    "reference/api.md": ("api",),
 }
 
 _BLOCK = re.compile(
@@ -169,7 +172,8 @@ REASON_NOTES: dict[str, tuple[str, str]] = {
     ),
     "COMMAND_NOT_ALLOWED": (
         "Command: not allowed.",
-        "Server: a request understood but not allowed now (`NotAllowed`).",
+        "Server: a method the parameter does not allow (such as `set` on a read-only one), or "
+        "plugin code raising `NotAllowed`.",
     ),
     "COMMAND_RESOURCE_NOT_FOUND": (
         "Command: resource not found.",
@@ -186,12 +190,13 @@ REASON_NOTES: dict[str, tuple[str, str]] = {
     ),
     "COMMAND_EXPIRED": (
         "RAIN: the command expired before it could be applied.",
-        "Meant for a command whose `metadata[\"#expires\"]` has passed (PROTOCOL.md, RAIN "
-        "extensions).",
+        "Server: a command whose `metadata[\"#expires\"]` (UTC ISO-8601) has passed is refused "
+        "without being applied.",
     ),
     "QUEUE_OVERFLOW": (
         "RAIN: a bounded queue overflowed.",
-        "Meant for updates dropped from a full per-subscription queue.",
+        "Reserved; not sent in this release. Updates dropped from a full subscription queue "
+        "are reported in the next sample's `dropped` field instead.",
     ),
 }
 
@@ -246,6 +251,422 @@ def reason_codes() -> str:
         meaning, when = REASON_NOTES[member.name]
         lines.append(f"| {member.value} | `{member.name}` | {meaning} | {when} |")
     return "\n".join(lines) + "\n"
+
+
+def limits() -> str:
+    from rain_envelopes.auth import CHALLENGE_SIZE
+    from rain_envelopes.codec import MAX_DEPTH, MAX_ENVELOPE_SIZE
+    from rain_envelopes.node import _MAX_NODE_LENGTH
+
+    rows = [
+        (
+            "envelope size",
+            f"{MAX_ENVELOPE_SIZE:,} bytes of UTF-8",
+            "`rain_envelopes.codec.MAX_ENVELOPE_SIZE`; `decode(data, max_size=...)`; also the "
+            "bound on a gzip frame's inflated size",
+        ),
+        (
+            "nesting depth",
+            f"{MAX_DEPTH} levels of objects and arrays, the envelope itself included",
+            "`rain_envelopes.codec.MAX_DEPTH`; `decode(data, max_depth=...)`",
+        ),
+        ("node address", f"{_MAX_NODE_LENGTH:,} characters", "checked by `Node.parse`"),
+        (
+            "keypair challenge",
+            f"{CHALLENGE_SIZE} random bytes (base64 on the wire)",
+            "`ServerAuthenticator`",
+        ),
+    ]
+    lines = ["| limit | value | where |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {where} |" for name, value, where in rows]
+    return "\n".join(lines) + "\n"
+
+
+def enums() -> str:
+    from rain_envelopes.envelopes import (
+        AuthenticationScheme,
+        CommandMethod,
+        CommandStatus,
+        NotificationEvent,
+        SessionCompression,
+        SessionEncryption,
+        SessionState,
+    )
+
+    rows = [
+        ("Command `method`", CommandMethod),
+        ("Command `status`", CommandStatus),
+        ("Notification `event`", NotificationEvent),
+        ("Session `state`", SessionState),
+        ("Session `compression`, `compressionOptions`", SessionCompression),
+        ("Session `encryption`, `encryptionOptions`", SessionEncryption),
+        ("Session `scheme`, `schemeOptions`", AuthenticationScheme),
+    ]
+    lines = ["| field | Python enum | values |", "|---|---|---|"]
+    for field, enum in rows:
+        values = ", ".join(f"`{member.value}`" for member in enum)
+        lines.append(f"| {field} | `{enum.__name__}` | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def error_tree() -> str:
+    """Every RainError subclass RAIN defines, as a tree, with the module to import it from."""
+    import rain_envelopes
+    import rain_envelopes.errors as errors
+    import rain_envelopes.server
+    import rain_transport_zmq
+
+    public = (rain_envelopes, rain_envelopes.server, rain_transport_zmq)
+
+    def home(cls: type) -> str:
+        for package in public:
+            if cls.__name__ in getattr(package, "__all__", ()):
+                return package.__name__
+        return cls.__module__
+
+    def also(cls: type) -> str:
+        names = [base.__name__ for base in cls.__bases__[1:]]
+        return f" (also {', '.join(names)})" if names else ""
+
+    lines: list[str] = []
+
+    def walk(cls: type, prefix: str, branch: str, child_prefix: str) -> None:
+        label = f"{prefix}{branch}{cls.__name__}{also(cls)}"
+        lines.append(f"{label:<46} {home(cls)}")
+        children = [
+            sub for sub in cls.__subclasses__()
+            if sub.__bases__[0] is cls and sub.__module__.startswith("rain_")
+        ]
+        children.sort(key=lambda sub: (sub.__module__ != errors.__name__, sub.__name__))
+        for index, child in enumerate(children):
+            last = index == len(children) - 1
+            walk(
+                child,
+                prefix + child_prefix,
+                "└── " if last else "├── ",
+                "    " if last else "│   ",
+            )
+
+    walk(errors.RainError, "", "", "")
+    return "```text\n" + "\n".join(lines) + "\n```\n"
+
+
+# ------------------------------------------------------------------------------ API reference
+
+#: How the public API (``rain_envelopes.__all__``) is grouped on docs/reference/api.md. Every
+#: exported name must appear exactly once: a new export fails the generator until it is placed.
+API_GROUPS: dict[str, tuple[str, ...]] = {
+    "Connecting and channels": ("connect", "Channel", "ClientChannel", "ServerChannel"),
+    "Envelopes": ("Envelope", "Message", "Notification", "Command", "Session", "Reason", "Node"),
+    "Enumerations": (
+        "CommandMethod", "CommandStatus", "NotificationEvent", "SessionState",
+        "SessionCompression", "SessionEncryption", "AuthenticationScheme", "ReasonCode",
+    ),
+    "Encoding and decoding": ("encode", "decode"),
+    "Keys and authentication": (
+        "Identity", "AuthorizedKeys", "KnownHosts", "ServerAuthenticator", "ClientCredentials",
+    ),
+    "Sans-I/O protocol": ("ClientProtocol", "ServerProtocol", "NodeRegistry"),
+    "Transports": (
+        "Transport", "TransportListener", "TransportFactory", "transport_factory",
+        "ClientSecurity", "ServerSecurity",
+    ),
+    "Errors": (
+        "RainError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
+        "EnvelopeDecodeError", "EnvelopeValidationError", "SessionError", "SessionFailed",
+        "AuthenticationFailed", "EstablishTimeout", "CommandFailed", "CommandTimeout",
+        "ChannelClosed", "KeyFileError", "ConfigError", "TransportError", "TransportClosed",
+        "QueueFull", "TransportSecurityError",
+    ),
+}
+
+_ROLE = re.compile(r":(?:class|meth|func|data|attr|exc|mod):`~?(?:[\w.]+\.)?([^`]+)`")
+
+
+class _Text:
+    """Shows as its text in a signature (annotations are strings under PEP 563)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _default_text(value: object) -> str:
+    import enum
+
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__name__}.{value.name}"
+    if isinstance(value, tuple):
+        inner = ", ".join(_default_text(item) for item in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return repr(value)
+
+
+def _annotation_text(annotation: object) -> str:
+    # Type variables bound to the class itself read better as Self.
+    text = str(annotation)
+    return "Self" if text in ("_T", "_C") else text
+
+
+def _signature(obj: Any, name: str) -> str:
+    import inspect
+
+    is_class = isinstance(obj, type)
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return name
+    parameters = []
+    for parameter in signature.parameters.values():
+        if parameter.name in ("self", "cls"):
+            continue
+        changes: dict[str, Any] = {}
+        if parameter.annotation is not inspect.Parameter.empty:
+            changes["annotation"] = _Text(_annotation_text(parameter.annotation))
+        if parameter.default is not inspect.Parameter.empty:
+            changes["default"] = _Text(_default_text(parameter.default))
+        parameters.append(parameter.replace(**changes))
+    returns = signature.return_annotation
+    result = signature.replace(
+        parameters=parameters,
+        return_annotation=(
+            _Text(_annotation_text(returns))
+            if returns is not inspect.Signature.empty and not (is_class and returns == "None")
+            else inspect.Signature.empty
+        ),
+    )
+    text = f"{name}{result}"
+    if len(text) <= 96:
+        return text
+    # One parameter per line, as a formatter would.
+    _, _, tail = str(result).partition("(")
+    inner, _, after = tail.rpartition(")")
+    pieces = _split_parameters(inner)
+    body = "".join(f"    {piece},\n" for piece in pieces)
+    return f"{name}(\n{body}){after}"
+
+
+def _split_parameters(text: str) -> list[str]:
+    pieces, depth, current = [], 0, ""
+    for char in text:
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        if char == "," and depth == 0:
+            pieces.append(current.strip())
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        pieces.append(current.strip())
+    return pieces
+
+
+def _doc(obj: Any) -> str:
+    """A docstring as Markdown: RST roles and literals become code spans; ``::`` blocks fenced."""
+    import inspect
+
+    text = inspect.getdoc(obj) or ""
+    text = _ROLE.sub(lambda match: f"`{match[1]}`", text)
+    text = re.sub(r"``([^`]+)``", r"`\1`", text)
+    out: list[str] = []
+    lines = text.splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if line.rstrip().endswith("::"):
+            out.append(line.rstrip()[:-1])
+            index += 1
+            block: list[str] = []
+            while index < len(lines) and (not lines[index].strip() or lines[index][:1] == " "):
+                block.append(lines[index])
+                index += 1
+            code = "\n".join(part[4:] if part.startswith("    ") else part for part in block)
+            out += ["", "```python", code.strip("\n"), "```", ""]
+            continue
+        out.append(line)
+        index += 1
+    return "\n".join(out).strip()
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """``#:`` comments above class attributes (the Sphinx convention), by attribute name."""
+    import inspect
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+            continue
+        match = re.match(r"(?:self\.)?(\w+)\s*(?::[^=]+)?=?", stripped)
+        if pending and match and not stripped.startswith(("def ", "class ", "@")):
+            docs.setdefault(match[1], " ".join(pending))
+        pending = []
+    return docs
+
+
+def _member_entries(cls: type) -> list[str]:
+    """Public members defined by ``cls`` itself: methods, properties, documented attributes."""
+    import inspect
+
+    entries: list[str] = []
+    attributes = _attribute_docs(cls)
+    for name, member in cls.__dict__.items():
+        if name.startswith("_"):
+            continue
+        if isinstance(member, property):
+            doc = _doc(member) or attributes.get(name, "")
+            entries.append(f"- **`{name}`** (property){': ' + doc if doc else ''}")
+        elif isinstance(member, (classmethod, staticmethod)) or inspect.isfunction(member):
+            is_wrapped = isinstance(member, (classmethod, staticmethod))
+            function = member.__func__ if is_wrapped else member
+            prefix = "async " if inspect.iscoroutinefunction(function) else ""
+            kind = "classmethod " if isinstance(member, classmethod) else ""
+            code = "\n".join(
+                f"  {line}" for line in f"{kind}{prefix}{_signature(function, name)}".splitlines()
+            )
+            doc = _doc(function)
+            body = "\n".join(f"  {line}" if line else "" for line in doc.splitlines())
+            entries.append(f"- **`{name}`**\n\n  ```python\n{code}\n  ```" + (
+                f"\n\n{body}" if doc else ""
+            ))
+    listed = {entry.split("`")[1] for entry in entries}
+    for name, doc in attributes.items():
+        if name.startswith("_") or name in listed:
+            continue
+        member = cls.__dict__.get(name)
+        if callable(member) or isinstance(member, property):
+            continue
+        entries.append(f"- **`{name}`** (attribute): {doc}")
+    return entries
+
+
+#: Hand-written notes appended to an API entry, for what docstrings cannot carry.
+API_NOTES: dict[str, str] = {
+    "Channel": (
+        "Handlers, set as attributes (each may be a plain function or a coroutine function; "
+        "an exception in one is logged, never fatal): `on_message(message)`, "
+        "`on_notification(notification)`, and `on_command(command)`, which returns the "
+        "response Command (or `None` to send none). The constructor's arguments stay "
+        "readable as attributes of the same names (`transport`, `command_timeout`, ...)."
+    ),
+    "ClientProtocol": (
+        "State, readable at any time on both protocol classes: `state` (a `SessionState`), "
+        "`session_id`, `local_node`, `remote_node`, `compression`, `encryption`, "
+        "`is_established`, `closed`."
+    ),
+}
+
+_SHARED_SHOWN: set[type] = set()
+
+
+def _entry(name: str, obj: Any) -> str:
+    import dataclasses
+    import enum
+    import inspect
+
+    import rain_envelopes
+
+    lines = [f"### `{name}`", ""]
+    if isinstance(obj, type) and issubclass(obj, BaseException):
+        bases = ", ".join(f"`{base.__name__}`" for base in obj.__bases__)
+        lines += [f"Exception, subclass of {bases}.", "", _doc(obj)]
+        own_init = obj.__dict__.get("__init__")
+        if own_init is not None:
+            lines += ["", "```python", _signature(obj, name), "```"]
+        return "\n".join(lines).rstrip() + "\n"
+    if isinstance(obj, type) and issubclass(obj, enum.Enum):
+        base = "IntEnum" if issubclass(obj, int) else "StrEnum"
+        own = obj.__dict__.get("__doc__") or ""
+        own_doc = _doc(obj) if own.strip() else ""
+        lines += [f"`{base}`. {own_doc}".rstrip(), ""]
+        if issubclass(obj, int):
+            lines.append("Members: see [reason codes](reason-codes.md).")
+        else:
+            lines.append(
+                "Members: " + ", ".join(f"`{m.name}` (`{m.value}`)" for m in obj) + "."
+            )
+        return "\n".join(lines).rstrip() + "\n"
+    if inspect.isfunction(obj):
+        prefix = "async " if inspect.iscoroutinefunction(obj) else ""
+        lines += ["```python", f"{prefix}{_signature(obj, name)}", "```", "", _doc(obj)]
+        return "\n".join(lines).rstrip() + "\n"
+    assert isinstance(obj, type), name
+    lines += ["```python", f"class {_signature(obj, name)}", "```", ""]
+    bases = [base for base in obj.__bases__ if base is not object]
+    if bases and bases[0].__name__ in rain_envelopes.__all__:
+        lines += [f"Subclass of `{bases[0].__name__}` (everything documented there applies).", ""]
+    if obj.__doc__ and not obj.__doc__.startswith(f"{obj.__name__}("):
+        lines += [_doc(obj), ""]
+    if dataclasses.is_dataclass(obj):
+        inherited = {
+            field.name for base in obj.__bases__ if dataclasses.is_dataclass(base)
+            for field in dataclasses.fields(base)
+        }
+        fields = [
+            f"`{field.name}: {field.type}`" for field in dataclasses.fields(obj)
+            if not field.name.startswith("_") and field.name not in inherited
+        ]
+        if fields:
+            lines += ["Fields: " + ", ".join(fields) + ".", ""]
+    members = _member_entries(obj)
+    if members:
+        lines += ["Members:", "", "\n\n".join(members), ""]
+    for base in obj.__mro__[1:]:
+        if not base.__name__.startswith("_") or base.__module__.split(".")[0] != "rain_envelopes":
+            continue
+        if base in _SHARED_SHOWN:
+            lines += [
+                f"Also has the members of its private base `{base.__name__}`, listed above.",
+                "",
+            ]
+            continue
+        _SHARED_SHOWN.add(base)
+        shared = _member_entries(base)
+        if shared:
+            lines += [
+                f"Members of the private base `{base.__name__}`, shared with its other "
+                "subclasses:",
+                "",
+                "\n\n".join(shared),
+                "",
+            ]
+    if name in API_NOTES:
+        lines += [API_NOTES[name], ""]
+    if "__aenter__" in obj.__dict__:
+        lines += ["Usable as an async context manager (`async with`).", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def api() -> str:
+    import rain_envelopes
+
+    _SHARED_SHOWN.clear()
+    placed = [name for names in API_GROUPS.values() for name in names]
+    exported = set(rain_envelopes.__all__)
+    duplicates = sorted({name for name in placed if placed.count(name) > 1})
+    missing = sorted(exported - set(placed))
+    extra = sorted(set(placed) - exported)
+    if duplicates or missing or extra:
+        raise ValueError(
+            "docs/generate.py: API_GROUPS is out of step with rain_envelopes.__all__: "
+            f"not placed {missing}, not exported {extra}, placed twice {duplicates}"
+        )
+    out: list[str] = []
+    for title, names in API_GROUPS.items():
+        out += [f"## {title}", ""]
+        for name in names:
+            out += [_entry(name, getattr(rain_envelopes, name)), ""]
+    return "\n".join(out).rstrip() + "\n"
 
 
 # Example sessions, run for real through the sans-I/O protocol objects. Keys, the session id
@@ -387,6 +808,10 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "sequence-refused": sequence_refused,
     "sequence-miss": sequence_miss,
     "reason-codes": reason_codes,
+    "limits": limits,
+    "enums": enums,
+    "error-tree": error_tree,
+    "api": api,
 }
 
 
