@@ -544,13 +544,13 @@ def _only_decode_errors(data: Any) -> None:
         assert error.envelope_id is None or isinstance(error.envelope_id, str)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rs.json_values(max_leaves=12))
 def test_any_json_value_gives_only_decode_errors(value: Any) -> None:
     _only_decode_errors(orjson.dumps(value))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.dictionaries(
     st.sampled_from(sorted(rs.WIRE_KEYS)) | rs.text(max_size=4),
     rs.json_values(max_leaves=4),
@@ -575,7 +575,7 @@ def test_any_str_gives_only_decode_errors(data: str) -> None:
     _only_decode_errors(data)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(rs.wire_objects(), st.data())
 def test_truncated_or_corrupted_envelopes_give_only_decode_errors(
     obj: dict[str, Any], data: st.DataObject
