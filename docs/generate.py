@@ -64,6 +64,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "reference/wire-format.md": ("limits", "enums"),
     "reference/errors.md": ("error-tree",),
     "reference/api.md": ("api",),
+    "reference/transport-options.md": ("zmq-options",),
 }
 
 _BLOCK = re.compile(
@@ -669,6 +670,46 @@ def api() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def zmq_options() -> str:
+    """The ZeroMQ transport's options, from ``ZmqOptions``: its docstring table says why."""
+    import dataclasses
+
+    from rain_transport_zmq import ZmqOptions
+
+    doc = ZmqOptions.__doc__ or ""
+    lines = doc.splitlines()
+    rulers = [index for index, line in enumerate(lines) if line.strip().startswith("=====")]
+    if len(rulers) != 3:
+        raise ValueError("ZmqOptions docstring: expected one reST table (three ===== rulers)")
+    ruler = lines[rulers[0]]
+    starts = [match.start() for match in re.finditer(r"=+", ruler)]
+    rows: list[list[str]] = []
+    for line in lines[rulers[1] + 1 : rulers[2]]:
+        cells = [
+            line[start : starts[index + 1] if index + 1 < len(starts) else None].strip()
+            for index, start in enumerate(starts)
+        ]
+        if cells[0]:
+            rows.append(cells)
+        elif rows:
+            rows[-1][2] = f"{rows[-1][2]} {cells[2]}".strip()
+    documented: set[str] = set()
+    out = ["| option | default | why this value |", "|---|---|---|"]
+    for name, default, why in rows:
+        names = [part.strip() for part in name.split("/")]
+        documented.update(names)
+        why = re.sub(r"``([^`]+)``", r"`\1`", why)
+        label = " / ".join(f"`{part}`" for part in names)
+        out.append(f"| {label} | {default} | {why} |")
+    fields = {field.name for field in dataclasses.fields(ZmqOptions)}
+    if fields != documented:
+        raise ValueError(
+            "ZmqOptions docstring table and fields differ: undocumented "
+            f"{sorted(fields - documented)}, unknown {sorted(documented - fields)}"
+        )
+    return "\n".join(out) + "\n"
+
+
 # Example sessions, run for real through the sans-I/O protocol objects. Keys, the session id
 # and the challenge are fixed so the page is the same on every run; the signatures are real.
 _CLIENT_NODE = "alice@lab/laptop"
@@ -812,6 +853,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "enums": enums,
     "error-tree": error_tree,
     "api": api,
+    "zmq-options": zmq_options,
 }
 
 
