@@ -100,15 +100,15 @@ def parse_monitor_event(parts: list[bytes]) -> MonitorEvent | None:
 class Inbox:
     """Frames received for one transport, waiting for ``receive()``; then an end marker.
 
-    Single consumer. After :meth:`end`, queued frames are still returned, then ``error`` is
-    raised from every ``get``.
+    After :meth:`end`, queued frames are still returned, then ``error`` is raised from every
+    ``get``. Meant for one reader, but concurrent readers each get whole frames and all wake.
     """
 
-    __slots__ = ("_error", "_frames", "_on_take", "_waiter")
+    __slots__ = ("_error", "_frames", "_on_take", "_waiters")
 
     def __init__(self, on_take: Callable[[], None] | None = None) -> None:
         self._frames: collections.deque[bytes] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
         self._error: BaseException | None = None
         self._on_take = on_take
 
@@ -121,7 +121,8 @@ class Inbox:
 
     def put(self, frame: bytes) -> None:
         self._frames.append(frame)
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def end(self, error: BaseException) -> None:
         """No more frames will come; ``get`` raises ``error`` once the queue is empty.
@@ -133,9 +134,9 @@ class Inbox:
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def get(self) -> bytes:
         while True:
@@ -148,11 +149,11 @@ class Inbox:
                 # A fresh copy each time: re-raising one instance keeps growing its traceback.
                 raise copy_error(self._error)
             waiter = asyncio.get_running_loop().create_future()
-            self._waiter = waiter
+            self._waiters.append(waiter)
             try:
                 await waiter
             finally:
-                self._waiter = None
+                self._waiters.remove(waiter)
 
 
 def copy_error(error: BaseException) -> BaseException:

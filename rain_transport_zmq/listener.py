@@ -197,6 +197,7 @@ class ZmqTransportListener(TransportListener):
         self._doomed: set[bytes] = set()
         self._peer_fd: dict[bytes, int] = {}
         self._started = False
+        self._start_lock = asyncio.Lock()
         self._closed = False
         #: Frames dropped before reaching any peer transport (no User-Id, unknown peer, ...).
         self.dropped_frames = 0
@@ -223,6 +224,12 @@ class ZmqTransportListener(TransportListener):
         endpoint is taken, TransportError when an endpoint cannot be bound, TransportClosed
         after close.
         """
+        if self._closed:
+            raise TransportClosed("listener is closed")
+        async with self._start_lock:  # a second caller waits for the first to finish
+            await self._start()
+
+    async def _start(self) -> None:
         if self._closed:
             raise TransportClosed("listener is closed")
         if self._started:
@@ -420,6 +427,9 @@ class ZmqTransportListener(TransportListener):
             if ed25519_key is None:
                 self._drop(routing_id, "a hello from a key that is not authorised (any more)")
                 return
+        # Apply pending monitor events first: a disconnect of an earlier connection on this
+        # descriptor (numbers are reused) or under this routing id must not hit the new peer.
+        self._drain_monitor()
         existing = self._peers.get(routing_id)
         if existing is not None:
             if routing_id not in self._doomed:
@@ -428,9 +438,6 @@ class ZmqTransportListener(TransportListener):
                 return
             # The routing id was reused (clients may choose theirs) after its connection ended.
             self._end_peer(existing, TransportClosed("peer disconnected"), bye=False)
-        # Disconnect events of earlier connections on this descriptor must be applied first,
-        # or they would close the new peer (see the module docstring).
-        self._drain_monitor()
         peer = ZmqPeerTransport(
             self,
             routing_id,

@@ -252,3 +252,26 @@ async def test_listeners_and_clients_release_sockets_and_tasks(
         await cycle()
     assert _open_fds() <= baseline
     assert asyncio.all_tasks() == tasks
+
+
+async def test_concurrent_starts_and_receives(
+    server_identity: Identity, client_identity: Identity, authorized_keys: AuthorizedKeys
+) -> None:
+    listener = ZmqTransportListener(
+        "tcp://127.0.0.1:0", identity=server_identity, authorized_keys=authorized_keys
+    )
+    await bounded(asyncio.gather(listener.start(), listener.start()))
+    try:
+        assert len(listener.endpoints) == 1
+        client = client_for(listener, client_identity, server_identity)
+        await bounded(asyncio.gather(client.open(), client.open()))
+        peer = await _accept_peer(listener)
+        readers = asyncio.gather(peer.receive(), peer.receive())
+        await bounded(client.send(b"one"))
+        await bounded(client.send(b"two"))
+        assert sorted(await bounded(readers)) == [b"one", b"two"]
+        await client.close()
+    finally:
+        await listener.close()
+    with pytest.raises(TransportClosed):
+        await bounded(listener.start())
