@@ -217,7 +217,12 @@ class ZmqTransport(Transport):
             if self._curve is not None:
                 assert self.security.server_key is not None
                 self.peer_identity = format_public_key(self.security.server_key)
-            await self._send_parts([CONTROL, HELLO])
+            try:
+                await self._send_parts([CONTROL, HELLO])
+            except BaseException as exc:
+                error = exc if isinstance(exc, TransportError) else None
+                self._shutdown(error or TransportClosed(f"opening {self.endpoint} failed"))
+                raise
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -298,19 +303,18 @@ class ZmqTransport(Transport):
             self._lost(error)
         elif event == zmq.EVENT_DISCONNECTED:
             if handshake is not None and handshake.done() and handshake.exception() is None:
-                self._lost(
-                    TransportClosed(
-                        f"connection to {self.endpoint} lost (server closed or restarted,"
-                        " heartbeats timed out, or a frame exceeded the server's max message size)"
-                    )
+                lost = TransportClosed(
+                    f"connection to {self.endpoint} lost (server closed or restarted,"
+                    " heartbeats timed out, or a frame exceeded the server's max message size)"
                 )
+                log.info("%s", lost)
+                self._lost(lost)
         elif event == zmq.EVENT_CONNECT_RETRIED:
             log.debug("%s not reachable yet; retrying in %d ms", self.endpoint, value)
 
     def _lost(self, error: TransportError) -> None:
         if self._state == "closed":
             return
-        log.info("%s", error)
         # Frames that arrived before the drop are already ours: keep them for receive().
         self._drain(unbounded=True)
         self._shutdown(error)
