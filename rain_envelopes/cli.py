@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -563,7 +564,13 @@ def _zmq_ready() -> bool:
 
 
 def _example_plugins() -> Path | None:
-    candidate = Path(__file__).resolve().parents[1] / "examples" / "weather_station" / "plugins"
+    # The repository's examples/ folder ships inside the wheel as `rain_envelopes.examples`
+    # (pyproject maps it), so the demo works from a plain `pip install .` as from a checkout.
+    try:
+        root = resources.files("rain_envelopes.examples")
+    except ModuleNotFoundError:
+        return None
+    candidate = Path(str(root)) / "weather_station" / "plugins"
     return candidate if candidate.is_dir() else None
 
 

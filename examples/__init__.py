@@ -1,0 +1,1 @@
+"""Example plugin folders and scripts; installed as ``rain_envelopes.examples``."""
