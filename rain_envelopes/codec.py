@@ -21,6 +21,9 @@ Pure protocol core: no asyncio, no zmq.
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -144,12 +147,54 @@ def encode(envelope: Envelope) -> bytes:
     """Serialise an envelope to compact UTF-8 JSON.
 
     Raises EnvelopeValidationError when the content cannot be written as JSON (a value that is not
-    JSON-like, an integer beyond 64 bits, a string with a lone surrogate).
+    JSON-like, NaN or Infinity, an integer beyond 64 bits, a string with a lone surrogate), or
+    when ``extras`` would shadow a field and so change the envelope.
     """
+    if envelope.extras:
+        _check_extras(envelope)
     try:
-        return orjson.dumps(to_json_object(envelope))
+        data = orjson.dumps(to_json_object(envelope))
     except orjson.JSONEncodeError as exc:
         raise EnvelopeValidationError(f"envelope cannot be written as JSON: {exc}") from None
+    # orjson writes NaN and Infinity as null; only then can the output hold a null.
+    if b"null" in data and not _all_finite(envelope):
+        raise EnvelopeValidationError("envelope holds NaN or Infinity, which JSON cannot carry")
+    return data
+
+
+# The order LIME tells kinds apart in: a key of an earlier kind would turn the envelope into it.
+_PRECEDENCE: tuple[tuple[type[Envelope], str], ...] = (
+    (Message, "content"), (Notification, "event"), (Command, "method"), (Session, "state"),
+)
+
+
+def _check_extras(envelope: Envelope) -> None:
+    assert envelope.extras is not None
+    forbidden = set(_KIND_KEYS[type(envelope)])
+    for kind, key in _PRECEDENCE:
+        if kind is type(envelope):
+            break
+        forbidden.add(key)
+    clash = forbidden.intersection(envelope.extras)
+    if clash:
+        raise EnvelopeValidationError(
+            f"extras must not hold wire keys of this envelope: {', '.join(sorted(clash))}"
+        )
+
+
+def _all_finite(envelope: Envelope) -> bool:
+    stack: list[Any] = [getattr(envelope, name, None) for name in (
+        "content", "resource", "authentication", "extras")]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return True
 
 
 # --------------------------------------------------------------------------------------- decode
@@ -169,7 +214,9 @@ class _Reader:
     def fail(self, key: str, message: str, code: int = 21) -> EnvelopeDecodeError:
         return _error(f"{self.path}.{key}: {message}", self.obj, self.envelope_id, self.kind, code)
 
-    def string(self, key: str, *, required: bool = False) -> str | None:
+    def string(
+        self, key: str, *, required: bool = False, non_empty: bool = False
+    ) -> str | None:
         value = self.obj.get(key)
         if value is None:
             if required:
@@ -177,7 +224,7 @@ class _Reader:
             return None
         if not isinstance(value, str):
             raise self.fail(key, f"expected string, got {_type_name(value)}")
-        if not value and required:
+        if not value and (required or non_empty):
             raise self.fail(key, "must not be empty")
         return value
 
@@ -186,15 +233,19 @@ class _Reader:
         if text is None or text == "":
             return None
         try:
-            return Node.parse(text)
+            node = Node.parse(text)
         except EnvelopeValidationError as exc:
             raise self.fail(key, str(exc), code=25) from None
+        return None if node.empty else node
 
     def enum(self, key: str, enum: type[Any], *, required: bool = False, code: int = 21) -> Any:
         text = self.string(key, required=required)
         if text is None:
             return None
         try:
+            # ASCII-only case folding: "\u212aey" (Kelvin sign) must not read as "key".
+            if not text.isascii():
+                raise ValueError(text)
             return enum(text.lower())
         except ValueError:
             allowed = ", ".join(member.value for member in enum)
@@ -212,6 +263,8 @@ class _Reader:
             if not isinstance(value, str):
                 raise self.fail(f"{key}[{index}]", f"expected string, got {_type_name(value)}")
             try:
+                if not value.isascii():
+                    raise ValueError(value)
                 out.append(enum(value.lower()))
             except ValueError:
                 raise self.fail(f"{key}[{index}]", f"unknown value {value!r}") from None
@@ -250,12 +303,16 @@ class _Reader:
         return Reason(code, description)
 
     def extras(self, known: frozenset[str]) -> dict[str, Any] | None:
-        unknown = {key: value for key, value in self.obj.items() if key not in known}
+        # A null is an absent key on the wire: it is not kept (nor written back).
+        unknown = {
+            key: value for key, value in self.obj.items()
+            if key not in known and value is not None
+        }
         return unknown or None
 
     def common(self) -> dict[str, Any]:
         return {
-            "id": self.string("id"),
+            "id": self.string("id", non_empty=True),
             "from_": self.node("from"),
             "to": self.node("to"),
             "pp": self.node("pp"),
@@ -273,17 +330,18 @@ def _decode_message(r: _Reader) -> Message:
 
 def _decode_notification(r: _Reader) -> Notification:
     event = r.enum("event", NotificationEvent, required=True)
-    return Notification(
-        event, r.reason(), extras=r.extras(_KIND_KEYS[Notification]), **r.common()
-    )
+    reason = r.reason()
+    if event is NotificationEvent.FAILED and reason is None:
+        raise r.fail("reason", "required when event is failed")
+    return Notification(event, reason, extras=r.extras(_KIND_KEYS[Notification]), **r.common())
 
 
 def _decode_command(r: _Reader) -> Command:
     method = r.enum("method", CommandMethod, required=True, code=27)
     status = r.enum("status", CommandStatus, code=24)
-    uri = r.string("uri")
+    uri = r.string("uri", non_empty=True)
     resource = r.obj.get("resource")
-    media_type = r.string("type")
+    media_type = r.string("type", non_empty=True)
     if status is None and uri is None:
         raise r.fail("uri", "required in a command request", code=27)
     if status is None and method is not CommandMethod.OBSERVE and r.obj.get("id") is None:
@@ -367,7 +425,12 @@ def decode(
     """Parse one envelope. Raises EnvelopeDecodeError, and only that, for any bad input."""
     if not isinstance(data, (bytes, bytearray, memoryview, str)):
         raise EnvelopeDecodeError(f"$: expected bytes, got {type(data).__name__}")
-    size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
+    if isinstance(data, str):
+        size = len(data.encode("utf-8", "surrogatepass"))
+    elif isinstance(data, memoryview):
+        size = data.nbytes  # len() counts items, which may be wider than a byte
+    else:
+        size = len(data)
     if size > max_size:
         raise EnvelopeDecodeError(f"$: envelope of {size} bytes exceeds the limit of {max_size}")
     try:
@@ -393,9 +456,38 @@ def decode(
         raise _error(f"$.{key}: must not be null", obj, envelope_id, kind)
     reader = _Reader(obj, "$", envelope_id, kind)
     try:
-        return decoder(reader)
+        envelope = decoder(reader)
     except EnvelopeValidationError as exc:
         raise _error(f"$: {exc}", obj, envelope_id, kind) from None
+    raw = bytes(data) if isinstance(data, memoryview) else data
+    if _LONG_DIGITS.search(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw):
+        _check_integer_range(raw, obj, envelope_id, kind)
+    return envelope
+
+
+# orjson reads integers beyond 64 bits as floats, silently losing digits. They are rare, so
+# only input with a long run of digits is read a second time, exactly, to refuse them.
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _check_integer_range(
+    data: bytes | bytearray | str, obj: dict[str, Any], envelope_id: str | None,
+    kind: str,
+) -> None:
+    def exact(text: str) -> int:
+        value = int(text)
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ValueError(text)
+        return value
+
+    text = data if isinstance(data, str) else bytes(data).decode("utf-8")
+    try:
+        json.loads(text, parse_int=exact)
+    except ValueError:
+        raise _error(
+            "$: integer beyond 64 bits (it cannot be represented exactly)", obj, envelope_id, kind
+        ) from None
 
 
 def _bracket_count(data: bytes | bytearray | memoryview | str) -> int:

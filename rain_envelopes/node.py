@@ -42,6 +42,15 @@ class Node:
             raise EnvelopeValidationError(f"node name {self.name!r} must not contain '@'")
         if self.domain is not None and "/" in self.domain:
             raise EnvelopeValidationError(f"node domain {self.domain!r} must not contain '/'")
+        if self.domain is None:
+            # Without a domain the text form is "name/instance": a '/' in the name or an '@'
+            # in the instance would make it parse back as another node.
+            if self.name is not None and "/" in self.name:
+                raise EnvelopeValidationError(f"node name {self.name!r} must not contain '/'")
+            if self.instance is not None and "@" in self.instance:
+                raise EnvelopeValidationError(
+                    f"node instance {self.instance!r} needs a domain to contain '@'"
+                )
 
     @classmethod
     def parse(cls, text: str) -> Node:
@@ -74,6 +83,11 @@ class Node:
     def coerce(cls, value: Node | str) -> Node:
         """Return ``value`` as a Node, parsing it when it is a string."""
         return value if isinstance(value, Node) else cls.parse(value)
+
+    @property
+    def empty(self) -> bool:
+        """True when no part is set (what "@" or "/" parse to)."""
+        return self.name is None and self.domain is None and self.instance is None
 
     @property
     def identity(self) -> str:
