@@ -235,17 +235,25 @@ async def test_listeners_and_clients_release_sockets_and_tasks(
     server_identity: Identity, client_identity: Identity, authorized_keys: AuthorizedKeys
 ) -> None:
     async def cycle() -> None:
+        # libzmq closes a socket's descriptors in its reaper thread, after close() returns;
+        # terminating a context waits for that, and would hang on any socket left open.
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         async with listening(server_identity, authorized_keys) as listener:
-            clients = [client_for(listener, client_identity, server_identity) for _ in range(5)]
-            for client in clients:
+            for _ in range(5):
+                client = ZmqTransport(
+                    listener.endpoints[0],
+                    identity=client_identity,
+                    server_key=server_identity.public_key,
+                    context=context,
+                )
                 await bounded(client.open())
                 peer = await _accept_peer(listener)
                 await bounded(client.send(b"x"))
                 assert await bounded(peer.receive()) == b"x"
-            for client in clients:
                 await client.close()
+        await bounded(asyncio.to_thread(context.term), 2.0)
 
-    await cycle()  # warm up the shared client context (its threads and mailbox fds stay)
+    await cycle()
     baseline = _open_fds()
     tasks = asyncio.all_tasks()
     for _ in range(5):
