@@ -310,6 +310,20 @@ async def test_insecure_pair_works_when_asked_for_explicitly() -> None:
         await client.close()
 
 
+async def test_insecure_listener_still_enforces_its_allowlist() -> None:
+    listener = ZmqTransportListener("tcp://127.0.0.1:0", insecure=True, allow=["127.0.0.2/32"])
+    async with listener:
+        port = port_of(listener.endpoints[0])
+        refused = ZmqTransport(f"tcp://127.0.0.1:{port}", insecure=True)
+        with pytest.raises(HandshakeFailed, match="allowlist"):
+            await bounded(refused.open())
+        admitted = ZmqTransport(f"tcp://127.0.0.2:0;127.0.0.1:{port}", insecure=True)
+        await bounded(admitted.open())
+        peer = await bounded(listener.accept())
+        assert peer.peer_address == "127.0.0.2"
+        await admitted.close()
+
+
 async def test_secure_links_report_curve(
     server_identity: Identity, client_identity: Identity, authorized_keys: AuthorizedKeys
 ) -> None:
