@@ -48,6 +48,7 @@ from .errors import (
     EnvelopeDecodeError,
     EstablishTimeout,
     LocalProtocolError,
+    QueueFull,
     RemoteProtocolError,
     SessionError,
     SessionFailed,
@@ -166,8 +167,15 @@ class Channel:
 
     async def _flush(self) -> None:
         async with self._send_lock:
-            for data in self._protocol.data_to_send():
-                await self.transport.send(data)
+            frames = self._protocol.data_to_send()
+            for index, data in enumerate(frames):
+                try:
+                    await self.transport.send(data)
+                except QueueFull:
+                    # The frame that did not fit is dropped and reported to whoever flushed;
+                    # the rest of the batch (perhaps other callers' frames) goes out next time.
+                    self._protocol.requeue(frames[index + 1:])
+                    raise
 
     async def send(self, envelope: Envelope) -> None:
         """Send any envelope as it is (no response awaited).
@@ -301,7 +309,11 @@ class Channel:
                     self._fail_pending_on_bad_response(exc)
                     self._protocol.reply_to_error(exc)
                 await self._dispatch_all()
-                await self._flush()
+                try:
+                    await self._flush()
+                except QueueFull as exc:
+                    # A peer that does not read must not end the session from our side.
+                    log.warning("%s: peer queue full, a frame was dropped: %s", self, exc)
                 if self._established is not None and not self._established.done() and (
                     self._protocol.is_established
                 ):
@@ -669,6 +681,11 @@ class ServerChannel(Channel):
     def remote_identity(self) -> str | None:
         """The authenticated identity name ("alice@irf"); never what the client claimed."""
         return self._protocol.remote_identity
+
+    @property
+    def remote_key(self) -> bytes | None:
+        """The Ed25519 public key the client proved (None for guest or anonymous sessions)."""
+        return self._protocol.remote_key
 
     async def establish_session(self, *, timeout: float | None = None) -> ServerChannel:
         """Serve the establishment until ``established``; returns the channel.

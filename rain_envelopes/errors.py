@@ -11,7 +11,7 @@ library, so callers only ever need to catch what is drawn here::
     ├── EnvelopeValidationError        (also ValueError) an envelope built with bad field values
     ├── SessionError                   the session could not be established or has ended
     │   ├── SessionFailed              the server sent `failed`; carries the reason
-    │   ├── AuthenticationFailed       credentials refused (code 13)
+    │   │   └── AuthenticationFailed   credentials refused (code 13)
     │   └── EstablishTimeout           (also TimeoutError) no established session in time
     ├── CommandFailed                  a command answered with status failure; carries the reason
     ├── CommandTimeout                 (also TimeoutError) no response in time

@@ -24,6 +24,7 @@ import binascii
 import itertools
 import os
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 from .auth import GUEST_IDENTITY, ClientCredentials, ServerAuthenticator
@@ -48,6 +49,7 @@ from .errors import (
     EnvelopeValidationError,
     RemoteProtocolError,
 )
+from .keys import parse_public_key
 from .node import Node
 from .session import Phase, Role, SessionMachine
 
@@ -153,6 +155,10 @@ class _Protocol:
         """The frames to send, in order; each is one transport ``send``."""
         out, self._out = self._out, []
         return out
+
+    def requeue(self, frames: list[bytes]) -> None:
+        """Put frames that could not be sent back at the front of the queue, in order."""
+        self._out[:0] = frames
 
     def events_received(self) -> list[Envelope]:
         """Application envelopes (messages, notifications, commands) received since last call."""
@@ -280,6 +286,8 @@ class ServerProtocol(_Protocol):
         self._challenge: bytes | None = None
         #: The authenticated identity name ("alice@irf"), once established.
         self.remote_identity: str | None = None
+        #: The Ed25519 public key the client proved (None for guest or anonymous sessions).
+        self.remote_key: bytes | None = None
 
     def _reply(self, state: SessionState, **fields: Any) -> Session:
         return Session(state, id=self.session_id, from_=self.node, **fields)
@@ -387,7 +395,18 @@ class ServerProtocol(_Protocol):
                 authentication={"challenge": base64.b64encode(self._challenge).decode()},
             ))
             return
+        self.remote_key = self._proven_key(scheme, envelope.authentication or {})
         self._establish(identity, claimed=claimed)
+
+    def _proven_key(
+        self, scheme: AuthenticationScheme, authentication: Mapping[str, Any]
+    ) -> bytes | None:
+        # Only called once the authenticator accepted the answer, so these parse.
+        if scheme is AuthenticationScheme.TRANSPORT and self.peer_identity is not None:
+            return parse_public_key(self.peer_identity)
+        if scheme is AuthenticationScheme.KEYPAIR:
+            return base64.b64decode(str(authentication["key"]))
+        return None
 
     def _establish(self, identity: str, *, claimed: Node | None) -> None:
         if identity == GUEST_IDENTITY:

@@ -46,7 +46,7 @@ from ..auth import ServerAuthenticator
 from ..channel import ServerChannel
 from ..envelopes import Command, CommandMethod, Message, Reason, ReasonCode
 from ..errors import ChannelClosed, LocalProtocolError, SessionError, TransportError
-from ..keys import AuthorizedKeys, Identity
+from ..keys import AuthorizedKeys, Identity, format_public_key
 from ..node import Node
 from ..protocol import NodeRegistry
 from ..transport import ServerSecurity, Transport, TransportListener, transport_factory
@@ -407,32 +407,25 @@ class Server:
         session.ended.set()
 
     async def reload_keys(self) -> set[str]:
-        """Re-read the authorised-keys file; end the sessions of identities that lost a key.
+        """Re-read the authorised-keys file; end exactly the sessions that proved a key which
+        is gone (or now maps to another name).
 
-        Listeners that can (``reload_keys()``) refresh their own view and drop the peers too.
-        Returns the identity names whose sessions were closed. Raises KeyFileError when the
-        file is bad (the old keys stay in force).
+        Each such session gets ``failed`` with code 13 "key revoked" before its link is dropped
+        (listeners that can, ``close_peer``, then forget the peer). Returns the identity names
+        whose keys were revoked. Raises KeyFileError when the file is bad (the old keys stay
+        in force).
         """
         keys = self.authorized_keys
         if keys is None:
             return set()
         before = dict(keys.items())
-        version = keys.version
-        for listener in list(self._listeners):
-            reload = getattr(listener, "reload_keys", None)
-            if callable(reload):
-                result = reload()
-                if inspect.isawaitable(result):
-                    await result
-        if keys.version == version:
-            keys.reload()
-        after = dict(keys.items())
-        revoked = {name for key, name in before.items() if after.get(key) != name}
+        removed = keys.reload()
+        revoked = {before[key] for key in removed if key in before}
         if revoked:
             log.warning("authorised keys reloaded; revoked: %s", ", ".join(sorted(revoked)))
         else:
             log.info("authorised keys reloaded; nothing revoked")
-        doomed = [s for s in self._sessions if s.identity in revoked]
+        doomed = [s for s in self._sessions if s.channel.remote_key in removed]
         await asyncio.gather(
             *(
                 s.channel.fail(Reason(ReasonCode.SESSION_AUTHENTICATION_FAILED, "key revoked"))
@@ -440,6 +433,9 @@ class Server:
             ),
             return_exceptions=True,
         )
+        for listener in list(self._listeners):
+            for key in removed:
+                await listener.close_peer(format_public_key(key))
         return revoked
 
     async def close(self) -> None:

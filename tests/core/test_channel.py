@@ -41,6 +41,7 @@ from rain_envelopes.errors import (
     CommandTimeout,
     EnvelopeDecodeError,
     EstablishTimeout,
+    QueueFull,
     SessionFailed,
     TransportClosed,
 )
@@ -1074,3 +1075,73 @@ def _check_answer(
     if not ok or code is None or code.code != error.code:
         return f"expected a {owed} with code {error.code}, got {answer}"
     return None
+
+
+# ----------------------------------------------------------------- proven key, full peer queue
+
+
+async def test_server_channel_exposes_the_key_the_client_proved() -> None:
+    async with channels() as (_client, server):
+        assert server.remote_key == ALICE.public_key
+    guest_client_end, guest_server_end = memory_transport_pair()
+    guests_only = ServerAuthenticator(None, allow_guest=True)
+    guest_server = ServerChannel(guest_server_end, node=SERVER_NODE, authenticator=guests_only)
+    guest = ClientChannel(guest_client_end, node="visitor@x/y")
+    try:
+        async with asyncio.timeout(STEP):
+            await asyncio.gather(guest_server.establish_session(), guest.establish_session())
+        assert guest_server.remote_identity == "guest"
+        assert guest_server.remote_key is None
+    finally:
+        await guest.close()
+        await guest_server.close()
+
+
+class _FullOnce(Transport):
+    """Wraps a transport; the first send after ``arm()`` raises QueueFull (a peer not reading)."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.armed = False
+
+    def arm(self) -> None:
+        self.armed = True
+
+    async def send(self, data: bytes) -> None:
+        if self.armed:
+            self.armed = False
+            raise QueueFull("peer queue full")
+        await self.inner.send(data)
+
+    async def receive(self) -> bytes:
+        return await self.inner.receive()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.inner.closed
+
+
+async def test_a_full_peer_queue_drops_one_frame_keeps_the_rest_and_the_session() -> None:
+    wrapped: list[_FullOnce] = []
+
+    def wrap(transport: Transport) -> Transport:
+        wrapped.append(_FullOnce(transport))
+        return wrapped[0]
+
+    receipts: asyncio.Queue[Notification] = asyncio.Queue()
+    async with channels(wrap_server=wrap) as (client, server):
+        server.on_message = lambda message: None
+        client.on_notification = receipts.put_nowait
+        wrapped[0].arm()
+        # The server queues `received` and `consumed` in one batch; `received` does not fit.
+        await client.send_message(Message("text/plain", "hi", id="m1"))
+        # The next flush (the ping reply) carries the requeued `consumed` first.
+        async with asyncio.timeout(STEP):
+            await client.ping()
+        receipt = await next_item(receipts)
+        assert (receipt.id, receipt.event) == ("m1", NotificationEvent.CONSUMED)
+        assert not server.closed
+        assert not client.closed

@@ -461,20 +461,32 @@ async def test_clean_shutdown_finishes_sessions_and_leaves_nothing_running(
 async def test_revoked_key_loses_its_session_within_a_second(
     keys: Keys, kind: str, tmp_path: Any
 ) -> None:
-    from rain_envelopes.keys import AuthorizedKeys
+    from rain_envelopes.keys import AuthorizedKeys, Identity
 
+    # Alice has two keys (say, laptop and lab PC); only the laptop key is revoked.
+    alice_lab = Identity.generate()
     path = tmp_path / "authorized_keys"
+    keys.authorized.add(alice_lab.public_key, "alice@irf")
     keys.authorized.save(path)
     keys.authorized = AuthorizedKeys.load(path)
     async with running_server(station().values(), keys, kind) as server:
         alice = await client(server, keys, keys.alice)
+        alice_at_lab = await client(server, keys, alice_lab)
         bob = await client(server, keys, keys.bob)
-        AuthorizedKeys.from_mapping({keys.bob.public_key_text: "bob@irf"}).save(path)
+        AuthorizedKeys.from_mapping({
+            keys.bob.public_key_text: "bob@irf", alice_lab.public_key_text: "alice@irf",
+        }).save(path)
         started = time.perf_counter()
         revoked = await server.reload_keys()
         assert "alice@irf" in revoked
         async with asyncio.timeout(1.0):
             await alice.wait_closed()
         print(f"\nrevoked session closed after {(time.perf_counter() - started) * 1000:.1f} ms")
+        # The revoked client is told why, not just cut off.
+        assert alice.close_reason is not None
+        assert alice.close_reason.code == 13
+        # Only the session that proved the revoked key ends.
+        assert (await alice_at_lab.get("/params/temp")).resource["value"] == 20.0
         assert (await bob.get("/params/temp")).resource["value"] == 20.0
+        await alice_at_lab.finish()
         await bob.finish()
