@@ -296,7 +296,8 @@ class ZmqTransport(Transport):
                 handshake.set_result(None)
         elif event in _HANDSHAKE_FAILURES:
             error = _handshake_error(event, value, self.endpoint, self._curve is not None)
-            log.warning("%s", error)
+            # Raised to the caller (open/receive); logging it too would report it twice.
+            log.debug("%s", error)
             if handshake is not None and not handshake.done():
                 handshake.set_exception(error)
             # Close at once: libzmq would otherwise retry the same failing handshake forever.

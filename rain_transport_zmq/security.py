@@ -307,6 +307,8 @@ class ZapAuthenticator:
             self._watched[key] = decision
         if decision.accepted:
             log.debug("accepted %s peer %s", mechanism.decode("ascii", "replace"), peer)
+        elif key is not None and key in self._watched:
+            log.debug("refused the start-up self-test probe, as it must be")
         else:
             log.warning(
                 "refused %s handshake from %s: %s",
