@@ -261,8 +261,13 @@ CommandFunction = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def _run(function: CommandFunction, args: argparse.Namespace) -> int:
+    return _guarded(lambda: asyncio.run(function(args)), args)
+
+
+def _guarded(call: Callable[[], int], args: argparse.Namespace) -> int:
+    """The one place where an exception becomes a one-line error and an exit status."""
     try:
-        return asyncio.run(function(args))
+        return call()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:
@@ -815,15 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in _ASYNC_COMMANDS:
         return _run(_ASYNC_COMMANDS[args.command], args)
     sync = {"keygen": _cmd_keygen, "authorize": _cmd_authorize, "serve": _cmd_serve}
-    try:
-        return sync[args.command](args)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except Exception as exc:
-        error = _explain(exc, args)
-        log.debug("command failed", exc_info=exc)
-        _note(f"error: {error}")
-        return error.status
+    return _guarded(lambda: sync[args.command](args), args)
 
 
 if __name__ == "__main__":
