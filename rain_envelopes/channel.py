@@ -39,6 +39,7 @@ from .envelopes import (
     Session,
     SessionCompression,
     SessionEncryption,
+    SessionState,
 )
 from .errors import (
     AuthenticationFailed,
@@ -143,8 +144,7 @@ class Channel:
         return self._protocol.remote_node
 
     @property
-    def state(self) -> Any:
-        """The session state (a SessionState)."""
+    def state(self) -> SessionState:
         return self._protocol.state
 
     @property

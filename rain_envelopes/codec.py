@@ -496,7 +496,3 @@ def _bracket_count(data: bytes | bytearray | memoryview | str) -> int:
     raw = bytes(data) if isinstance(data, memoryview) else data
     return raw.count(b"{") + raw.count(b"[")
 
-
-def decode_object(obj: Mapping[str, Any]) -> Envelope:
-    """Decode an already-parsed JSON object (used by adapters that receive dicts)."""
-    return decode(orjson.dumps(dict(obj)))

@@ -170,10 +170,6 @@ class _Protocol:
         self.machine.send(envelope)
         self._queue(envelope)
 
-    def send_many(self, envelopes: list[Envelope]) -> None:
-        for envelope in envelopes:
-            self.send(envelope)
-
     def _queue(self, envelope: Envelope) -> None:
         data = encode(envelope)
         if self.compression is SessionCompression.GZIP:

@@ -23,7 +23,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from .envelopes import SessionCompression, SessionEncryption
-from .errors import ConfigError, TransportClosed, TransportError
+from .errors import ConfigError, QueueFull, TransportClosed, TransportError
 
 if TYPE_CHECKING:
     from .keys import AuthorizedKeys, Identity
@@ -228,8 +228,6 @@ class MemoryTransport(Transport):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("send() takes bytes")
         if len(self._peer._inbox) >= self._max_queue:
-            from .errors import QueueFull
-
             raise QueueFull(f"peer queue full ({self._max_queue} frames)")
         self._peer._deliver(bytes(data))
 
