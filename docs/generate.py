@@ -17,7 +17,12 @@ Sections and their sources:
 - ``transitions``: every row of ``rain_envelopes.session.TRANSITIONS``, grouped by phase;
 - ``reason-codes``: ``rain_envelopes.envelopes.ReasonCode``, with the prose in
   :data:`REASON_NOTES` below (a code with no note, or a note with no code, is an error, so a new
-  code cannot reach the docs undocumented).
+  code cannot reach the docs undocumented);
+- ``server-api``: ``rain_envelopes.server.__all__``, grouped by :data:`SERVER_API_GROUPS`;
+- ``config-keys``: every key the config loader accepts (its own key lists), with the prose in
+  :data:`CONFIG_NOTES` (checked both ways, like the reason codes) and defaults read from the
+  config dataclasses;
+- ``config-limits``: the fields of ``Limits``, their defaults and ``#:`` comments.
 
 ``tests/test_docs.py`` fails when a committed page differs from what this script would write.
 """
@@ -65,6 +70,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "reference/errors.md": ("error-tree",),
     "reference/api.md": ("api",),
     "reference/transport-options.md": ("zmq-options",),
+    "reference/server.md": ("server-api",),
+    "reference/config.md": ("config-keys", "config-limits"),
 }
 
 _BLOCK = re.compile(
@@ -402,6 +409,10 @@ def _default_text(value: object) -> str:
     if isinstance(value, tuple):
         inner = ", ".join(_default_text(item) for item in value)
         return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, (set, frozenset)):
+        # Sorted: the repr of a set follows string hashing, which changes from run to run.
+        inner = ", ".join(sorted(_default_text(item) for item in value))
+        return f"{type(value).__name__}({{{inner}}})"
     return repr(value)
 
 
@@ -710,6 +721,207 @@ def zmq_options() -> str:
     return "\n".join(out) + "\n"
 
 
+# ------------------------------------------------------------------------------ server reference
+
+#: How ``rain_envelopes.server.__all__`` is grouped on docs/reference/server.md. Every exported
+#: name must appear exactly once, as in :data:`API_GROUPS`.
+SERVER_API_GROUPS: dict[str, tuple[str, ...]] = {
+    "The server": ("Server", "ServedSession", "Request"),
+    "Declaring parameters": ("parameter", "Parameter", "load_plugins"),
+    "Errors": ("ParameterError", "InvalidValue", "NotAllowed", "PluginError"),
+    "Configuration and access rules": (
+        "load_config", "parse_config", "ServerConfig", "Limits", "LoggingConfig",
+        "AccessPolicy", "AccessRule",
+    ),
+    "Samples and media types": ("Sample", "SAMPLE_TYPE", "PARAMETER_TYPE", "COLLECTION_TYPE"),
+}
+
+
+def server_api() -> str:
+    from rain_envelopes import server
+
+    placed = [name for names in SERVER_API_GROUPS.values() for name in names]
+    exported = set(server.__all__)
+    duplicates = sorted({name for name in placed if placed.count(name) > 1})
+    missing = sorted(exported - set(placed))
+    extra = sorted(set(placed) - exported)
+    if duplicates or missing or extra:
+        raise ValueError(
+            "docs/generate.py: SERVER_API_GROUPS is out of step with "
+            f"rain_envelopes.server.__all__: not placed {missing}, not exported {extra}, "
+            f"placed twice {duplicates}"
+        )
+    _SHARED_SHOWN.clear()
+    out: list[str] = []
+    for title, names in SERVER_API_GROUPS.items():
+        out += [f"### {title}", ""]
+        for name in names:
+            obj = getattr(server, name)
+            if isinstance(obj, str):
+                out += [f"#### `{name}`", "", f"`{obj!r}`", ""]
+                continue
+            entry = _entry(name, obj).replace("### `", "#### `", 1)
+            out += [entry, ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+#: For each key the config loader accepts outside ``[limits]``: (TOML type, meaning) or
+#: (TOML type, meaning, default as shown). Defaults are otherwise read from ServerConfig,
+#: LoggingConfig and AccessRule. A key without a note, or a note without a key, is an error.
+CONFIG_NOTES: dict[str, tuple[str, ...]] = {
+    "identity": (
+        "string",
+        "The server's node name, `name@domain` (an `/instance` part is allowed): who clients "
+        "find at the other end of the session, and the owner an absolute `lime://` URI must "
+        "name.",
+    ),
+    "listen": (
+        "list of strings (a single string is accepted)",
+        "Endpoints to accept sessions on, such as `tcp://0.0.0.0:4505` or `ipc:///run/rain.sock`. "
+        "Each must contain `://`. `rain serve` refuses to start with none.",
+    ),
+    "key_file": (
+        "path",
+        "The server's secret key file (`rain keygen`). Needed for `tcp://` and `ipc://` unless "
+        "`insecure = true`; a missing file stops start-up.",
+    ),
+    "authorized_keys": (
+        "path",
+        "The authorised-keys file, `<public key> <identity>` per line. Required unless "
+        "`insecure = true` or `allow_guest = true`. Re-read on SIGHUP.",
+    ),
+    "allow": (
+        "list of strings (a single string is accepted)",
+        "IP networks clients may connect from (`127.0.0.1/32`, `::1`, `10.0.0.0/8`); empty "
+        "means any address. Enforced by the transport, also when insecure.",
+    ),
+    "plugins": (
+        "path",
+        "The folder of plugin files. Must exist and be a folder. Without it the server has no "
+        "parameters.",
+    ),
+    "allow_guest": (
+        "boolean",
+        "Also offer the `guest` scheme: a client without an authorised key gets the identity "
+        "`guest`.",
+    ),
+    "insecure": (
+        "boolean",
+        "Serve without transport security (no CURVE). For loopback experiments only.",
+    ),
+    "access": (
+        "array of tables `[[access]]`",
+        "Access rules (keys below). Absent: every authenticated identity may do everything and "
+        "guests may `get` and `subscribe`. Present, even as `access = []`: only what a rule "
+        "grants is allowed.",
+    ),
+    "limits": ("table", "Resource limits; every key is in the next table."),
+    "logging": ("table", "Where the server logs and how much (keys below)."),
+    "transport": (
+        "table",
+        "Passed as is to the transport of the listen endpoints; for ZeroMQ, the options of "
+        "[ZeroMQ transport options](transport-options.md). Checked by the transport when "
+        "`rain serve` starts listening.",
+    ),
+    "logging.level": (
+        "string",
+        "One of `DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL` (any case). `rain -v serve` "
+        "lowers it to `INFO`, `-vv` to `DEBUG`.",
+    ),
+    "logging.file": ("path", "Log to this file (appended to) instead of standard error."),
+    "access.identity": (
+        "string",
+        "Glob on the authenticated identity (`alice@irf`, `*@irf`, `*`); case-insensitive.",
+    ),
+    "access.uri": (
+        "string",
+        "Glob on the request path, starting with `/` (`/params/*`), or `*`; case-sensitive.",
+    ),
+    "access.methods": (
+        "list of strings",
+        "Methods granted: some of `get`, `set`, `subscribe`, `delete`, `merge`, or `[\"*\"]` "
+        "for all of them.",
+        "required",
+    ),
+}
+
+
+def _toml_text(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, (tuple, list)):
+        return "`[" + ", ".join(repr(item) for item in value) + "]`"
+    if isinstance(value, dict):
+        return "`{}`" if not value else f"`{value!r}`"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    return f"`{value}`"
+
+
+def _config_defaults() -> dict[str, str]:
+    import dataclasses
+
+    from rain_envelopes.server.access import AccessRule
+    from rain_envelopes.server.config import LoggingConfig, ServerConfig
+
+    defaults: dict[str, str] = {}
+    for prefix, cls in (("", ServerConfig), ("logging.", LoggingConfig), ("access.", AccessRule)):
+        for item in dataclasses.fields(cls):
+            if item.default is not dataclasses.MISSING:
+                text = _toml_text(item.default)
+            elif item.default_factory is not dataclasses.MISSING:
+                made = item.default_factory()
+                text = "(table)" if dataclasses.is_dataclass(made) else _toml_text(made)
+            else:
+                text = "required"
+            defaults[prefix + item.name] = text
+    return defaults
+
+
+def config_keys() -> str:
+    """Every key the config loader accepts outside ``[limits]``, from its own key lists."""
+    from rain_envelopes.server.config import _ACCESS_KEYS, _LOGGING_KEYS, _TOP_KEYS
+
+    accepted = [*_TOP_KEYS, *(f"logging.{k}" for k in _LOGGING_KEYS),
+                *(f"access.{k}" for k in _ACCESS_KEYS)]
+    missing = sorted(set(accepted) - CONFIG_NOTES.keys())
+    extra = sorted(CONFIG_NOTES.keys() - set(accepted))
+    if missing or extra:
+        raise ValueError(
+            "docs/generate.py: CONFIG_NOTES is out of step with the config loader: "
+            f"keys without a note {missing}, notes without a key {extra}"
+        )
+    defaults = _config_defaults()
+    lines = ["| key | TOML type | default | meaning |", "|---|---|---|---|"]
+    for key in accepted:
+        note = CONFIG_NOTES[key]
+        kind, meaning = note[0], note[1]
+        default = note[2] if len(note) > 2 else defaults[key]
+        shown = f"`[[access]]` `{key[7:]}`" if key.startswith("access.") else f"`{key}`"
+        lines.append(f"| {shown} | {kind} | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def config_limits() -> str:
+    """The ``[limits]`` table, from the fields of ``Limits`` and their ``#:`` comments."""
+    import dataclasses
+
+    from rain_envelopes.server.config import Limits
+
+    docs = _attribute_docs(Limits)
+    lines = ["| key | TOML type | default | meaning |", "|---|---|---|---|"]
+    for item in dataclasses.fields(Limits):
+        if item.name not in docs:
+            raise ValueError(f"Limits.{item.name} has no #: comment to document it")
+        kind = "integer ≥ 1" if item.type == "int" else "number > 0 (seconds)"
+        lines.append(
+            f"| `limits.{item.name}` | {kind} | `{item.default}` | {docs[item.name]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # Example sessions, run for real through the sans-I/O protocol objects. Keys, the session id
 # and the challenge are fixed so the page is the same on every run; the signatures are real.
 _CLIENT_NODE = "alice@lab/laptop"
@@ -854,6 +1066,9 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "error-tree": error_tree,
     "api": api,
     "zmq-options": zmq_options,
+    "server-api": server_api,
+    "config-keys": config_keys,
+    "config-limits": config_limits,
 }
 
 
