@@ -59,6 +59,7 @@ from .keys import (
     parse_public_key,
 )
 from .node import Node
+from .server.samples import SAMPLE_TYPE
 from .transport import transport_factory
 
 __all__ = ["EXIT_ACCESS", "EXIT_AUTH", "EXIT_FAILED", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
@@ -166,14 +167,17 @@ def _load_identity(args: argparse.Namespace) -> Identity | None:
 
 
 def _server_key(args: argparse.Namespace) -> bytes | None:
-    text = args.server_key or os.environ.get("RAIN_SERVER_KEY")
-    if text:
-        if Path(text).is_file():
-            return load_public_key(text)
-        return parse_public_key(text)
-    hosts_file = args.known_hosts or os.environ.get("RAIN_KNOWN_HOSTS")
-    if hosts_file:
-        return KnownHosts.load(hosts_file).lookup(args.endpoint)
+    # What the command line says beats what the environment says, whichever kind it is.
+    for key_text, hosts_file in (
+        (args.server_key, args.known_hosts),
+        (os.environ.get("RAIN_SERVER_KEY"), os.environ.get("RAIN_KNOWN_HOSTS")),
+    ):
+        if key_text:
+            if Path(key_text).is_file():
+                return load_public_key(key_text)
+            return parse_public_key(key_text)
+        if hosts_file:
+            return KnownHosts.load(hosts_file).lookup(args.endpoint)
     return None
 
 
@@ -315,7 +319,12 @@ async def _cmd_set(args: argparse.Namespace) -> int:
     channel = await _open(args)
     try:
         uri = _uri(args.uri)
-        _print_response(uri, await channel.set(uri, value), args.json)
+        if value is None:
+            # LIME omits null fields, so a bare null would arrive as "no value": wrap it.
+            response = await channel.set(uri, {"value": None}, type=SAMPLE_TYPE)
+        else:
+            response = await channel.set(uri, value)
+        _print_response(uri, response, args.json)
     finally:
         await channel.finish()
     return EXIT_OK
@@ -435,7 +444,10 @@ async def _cmd_monitor(args: argparse.Namespace) -> int:
         try:
             channel = await _open(args)
         except (EstablishTimeout, TransportError, SessionError) as exc:
-            if not connected_once or isinstance(exc, AuthenticationFailed):
+            # A refused key will be refused again: report it instead of retrying for ever.
+            if not connected_once or isinstance(
+                exc, (AuthenticationFailed, TransportSecurityError)
+            ):
                 raise
             _note(f"reconnect failed ({exc}); trying again in {delay:g} s")
             with contextlib.suppress(TimeoutError):
@@ -462,6 +474,10 @@ async def _cmd_monitor(args: argparse.Namespace) -> int:
         if monitor.done.is_set():
             await channel.finish()
             break
+        reason = channel.close_reason
+        if reason is not None and reason.code == ReasonCode.SESSION_AUTHENTICATION_FAILED:
+            await channel.close()
+            raise CliError(f"the server ended our session: {reason}", EXIT_AUTH)
         _note(f"connection to {args.endpoint} lost ({channel.close_reason or 'closed'});"
               " reconnecting")
         await channel.close()
@@ -483,6 +499,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.out) if args.out else Path(f"{args.name}.key")
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+    if not args.force and (path.exists() or Path(f"{path}.pub").exists()):
+        raise CliError(f"{path} already exists; pass --force to replace it", EXIT_USAGE)
     identity = Identity.generate()
     identity.save(path, overwrite=args.force)
     if args.json:
@@ -546,6 +564,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 await server.listen()
             except TransportError as exc:
                 raise CliError(f"cannot serve: {exc}", EXIT_FAILED) from None
+            except ConfigError as exc:  # e.g. a bad [transport] option
+                raise CliError(f"{args.config}: transport: {exc}", EXIT_USAGE) from None
             _out(f"rain: serving {server.node} on {' '.join(server.endpoints)}"
                  f" ({len(server.parameters)} parameters)")
             await stop.wait()
@@ -713,7 +733,10 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
                        help="talk to a server without transport security (loopback tests only)")
     group.add_argument("-t", "--timeout", type=float, default=5.0, metavar="SECONDS",
                        help="give up after this long without an answer (default: 5)")
-    parser.add_argument("--json", action="store_true", help="print JSON, one object per line")
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print JSON (one document per result; `list` prints one array)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

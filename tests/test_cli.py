@@ -205,8 +205,9 @@ def test_keygen_writes_a_private_key_and_says_how_to_authorise_it(tmp_path: Path
     public = (tmp_path / "carol@irf.key.pub").read_text().split()[0]
     assert f"{public} carol@irf" in done.stdout
     again = rain("keygen", "carol@irf", cwd=tmp_path)
-    assert again.returncode == 4
-    assert again.stderr.startswith("rain: error: refusing to overwrite")
+    assert again.returncode == 2  # a usage error: the fix is an option, not another key
+    assert again.stderr.startswith("rain: error: ")
+    assert "already exists; pass --force" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
 
 
@@ -293,6 +294,9 @@ def test_monitor_output_reports_drops_gaps_and_restarts(
         (("get", "{endpoint}", "broken"), 1,
          r"/params/broken: 101: getter of broken failed: RuntimeError: sensor unplugged"),
         (("set", "{endpoint}", "temperature", "1"), 1, r"66: parameter 'temperature' is read-only"),
+        # A JSON null reaches the parameter as a value (and its schema), not as "no value".
+        (("set", "{endpoint}", "knob", "null"), 1,
+         r"/params/knob: 64: invalid value: knob must be"),
     ],
 )
 def test_refused_commands_are_one_line_errors(

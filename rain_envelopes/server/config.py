@@ -272,6 +272,13 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: str = "config") 
         raise check.fail(
             "plugins", f"expected a folder of plugin files; {config.plugins} is not one"
         )
+    secured = [e for e in listen if e.split("://", 1)[0].lower() in ("tcp", "ipc")]
+    if secured and not config.insecure and config.key_file is None:
+        raise check.fail(
+            "key_file",
+            f"missing: {secured[0]} is CURVE-secured and needs the server's secret key file"
+            " (make one with `rain keygen`), or insecure = true for loopback tests",
+        )
     if not config.insecure and config.authorized_keys is None and not config.allow_guest:
         raise check.fail(
             "authorized_keys",
@@ -303,7 +310,11 @@ def configure_logging(config: LoggingConfig, *, verbose: int = 0) -> None:
     handlers. ``verbose`` (the CLI's -v count) can only make logging more detailed."""
     handler: logging.Handler
     if config.file is not None:
-        handler = logging.FileHandler(config.file)
+        try:
+            config.file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(config.file)
+        except OSError as exc:
+            raise ConfigError(f"logging.file: cannot write {config.file}: {exc}") from None
     else:
         handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

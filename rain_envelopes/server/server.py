@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import fastjsonschema
+import orjson
 
 from ..auth import ServerAuthenticator
 from ..channel import ServerChannel
@@ -193,6 +194,8 @@ class Server:
         self._owned_listeners: list[TransportListener] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recent: OrderedDict[tuple[str, str], asyncio.Future[Command]] = OrderedDict()
+        # What each remembered set asked for: a reused id with another request is refused.
+        self._fingerprints: dict[tuple[str, str], bytes] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._runtime: PluginRuntime | None = None
         self._started = False
@@ -479,6 +482,7 @@ class Server:
             if not future.done():
                 future.cancel()
         self._recent.clear()
+        self._fingerprints.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             try:
@@ -553,14 +557,24 @@ class Server:
         command = request.command
         assert command.id is not None
         key = (request.identity, command.id)
+        fingerprint = orjson.dumps(
+            [command.uri, command.type, command.resource], option=orjson.OPT_SORT_KEYS
+        )
         first = self._recent.get(key)
         if first is not None:
+            if self._fingerprints.get(key) != fingerprint:
+                return command.failure(
+                    ReasonCode.COMMAND_INVALID_ARGUMENT,
+                    f"command id {command.id} was already used for another set",
+                )
             log.info("repeated set %s from %s answered once", command.id, request.identity)
             return self._replay(command, first)
         future: asyncio.Future[Command] = asyncio.get_running_loop().create_future()
         self._recent[key] = future
+        self._fingerprints[key] = fingerprint
         while len(self._recent) > self.limits.dedup_window:
-            _, old = self._recent.popitem(last=False)
+            old_key, old = self._recent.popitem(last=False)
+            self._fingerprints.pop(old_key, None)
             if not old.done():
                 old.cancel()
         return self._remember(request, handler, key, future)
@@ -582,11 +596,13 @@ class Server:
             response = command.failure(exc.code, exc.description)
         except BaseException:
             self._recent.pop(key, None)
+            self._fingerprints.pop(key, None)
             if not future.done():
                 future.cancel()
             raise
         if response is None:
             self._recent.pop(key, None)
+            self._fingerprints.pop(key, None)
             future.cancel()
         elif not future.done():
             future.set_result(response)

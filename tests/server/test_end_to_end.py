@@ -212,6 +212,12 @@ async def test_a_repeated_set_is_applied_once(keys: Keys, kind: str) -> None:
         assert first.status is second.status is CommandStatus.SUCCESS
         assert first.resource == second.resource
         assert calls.values == [4]
+        # The same id reused for another value is refused, not answered with the first result.
+        reused = await alice.send_command(request.replace(resource=5))
+        assert reused.status is CommandStatus.FAILURE
+        assert reused.reason is not None
+        assert reused.reason.code == ReasonCode.COMMAND_INVALID_ARGUMENT
+        assert calls.values == [4]
         await alice.finish()
 
 

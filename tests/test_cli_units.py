@@ -1,0 +1,45 @@
+"""CLI and config decisions that need no subprocess: key precedence, config refusals."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from rain_envelopes.cli import _server_key
+from rain_envelopes.errors import ConfigError
+from rain_envelopes.keys import Identity, KnownHosts
+from rain_envelopes.server.config import parse_config
+
+ENDPOINT = "tcp://127.0.0.1:4505"
+
+
+def _args(**options: object) -> argparse.Namespace:
+    values: dict[str, object] = {"server_key": None, "known_hosts": None, "endpoint": ENDPOINT}
+    values.update(options)
+    return argparse.Namespace(**values)
+
+
+def test_command_line_known_hosts_beats_the_environment_server_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pinned, other = Identity.generate(), Identity.generate()
+    hosts = KnownHosts()
+    hosts.add(ENDPOINT, pinned.public_key)
+    hosts.save(tmp_path / "known_hosts")
+    monkeypatch.setenv("RAIN_SERVER_KEY", other.public_key_text)
+    assert _server_key(_args(known_hosts=str(tmp_path / "known_hosts"))) == pinned.public_key
+    # With nothing on the command line, the environment applies.
+    assert _server_key(_args()) == other.public_key
+    # An explicit key beats everything.
+    assert _server_key(_args(server_key=pinned.public_key_text)) == pinned.public_key
+
+
+def test_a_secured_listener_without_a_key_file_is_refused_naming_key_file(tmp_path: Path) -> None:
+    (tmp_path / "authorized_keys").write_text("")
+    raw = {"identity": "station@irf", "listen": [ENDPOINT], "authorized_keys": "authorized_keys"}
+    with pytest.raises(ConfigError, match="key_file"):
+        parse_config(raw, base=tmp_path)
+    # Explicitly insecure (loopback tests) needs no key.
+    parse_config({**raw, "insecure": True}, base=tmp_path)
