@@ -152,7 +152,10 @@ REASON_NOTES: dict[str, tuple[str, str]] = {
         "Authorisation: destination account not found.",
         "Not sent by RAIN.",
     ),
-    "AUTHORIZATION_QUOTA_EXCEEDED": ("Authorisation: quota exceeded.", "Not sent by RAIN."),
+    "AUTHORIZATION_QUOTA_EXCEEDED": (
+        "Authorisation: quota exceeded.",
+        "Server: a session asked for more subscriptions than `limits.max_subscriptions`.",
+    ),
     "AUTHORIZATION_PERMISSION_REQUIRED": (
         "Authorisation: permission required.",
         "Server access rules: the identity may not use this method on this URI.",
