@@ -1,0 +1,55 @@
+"""The round-trip benchmark still runs and prints its table (so it cannot silently rot).
+
+Nothing about speed is asserted here: performance is measured by
+``benchmarks/bench_roundtrip.py``, not by unit tests. This only runs it with tiny counts.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_roundtrip.py"
+RATIO = r"\d+\.\d\dx"
+
+
+def test_bench_roundtrip_quick_prints_the_table_with_ratios() -> None:
+    if not SCRIPT.is_file():
+        pytest.fail(f"{SCRIPT} is missing")
+    try:
+        done = subprocess.run(
+            [
+                sys.executable, str(SCRIPT), "--quick",
+                "--sequential", "50", "--pipelined", "200", "--window", "8",
+                "--warmup", "20", "--codec-iterations", "200", "--rounds", "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            cwd=SCRIPT.parent,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the quick benchmark took longer than {exc.timeout} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    header = next((row for row in out.splitlines() if row.startswith("metric")), "")
+    assert header.split() == ["metric", "raw", "pyzmq", "channel", "ratio", "server", "ratio"]
+    # Every round-trip row carries a figure for all three stacks and both ratios ours/raw.
+    for label in (
+        "sequential p50 latency (us)",
+        "sequential p99 latency (us)",
+        "pipelined throughput (req/s, window 8)",
+        "server CPU/request, process (us, pipelined)",
+        "client CPU/request, process (us, pipelined)",
+    ):
+        line = next((row for row in out.splitlines() if row.startswith(label)), None)
+        assert line is not None, f"no row {label!r} in:\n{out}"
+        assert len(re.findall(RATIO, line)) == 2, line
+    # The codec rows compare with raw orjson, with a ratio each.
+    codec = [row for row in out.splitlines() if row.startswith("codec ")]
+    assert len(codec) == 6, out
+    assert all(re.search(RATIO + r"\s*$", row) for row in codec), codec
