@@ -82,6 +82,11 @@ CommandHandler = Callable[[Command], "Command | Awaitable[Command | None] | None
 ObserveCallback = Callable[[Command], object]
 
 
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 def _normalise_uri(uri: str) -> str:
     # LIME: a trailing '/' is ignored.
     return uri[:-1] if len(uri) > 1 and uri.endswith("/") else uri
@@ -166,6 +171,8 @@ class Channel:
     # ---------------------------------------------------------------------------- sending
 
     async def _flush(self) -> None:
+        if not self._protocol.has_data_to_send:
+            return  # nothing queued: no lock, no await
         async with self._send_lock:
             frames = self._protocol.data_to_send()
             for index, data in enumerate(frames):
@@ -211,12 +218,20 @@ class Channel:
         assert command.id is not None
         if command.id in self._pending:
             raise LocalProtocolError(f"a request with id {command.id!r} is already pending")
-        future: asyncio.Future[Command] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Command] = loop.create_future()
         self._pending[command.id] = future
         try:
             await self.send(command)
-            async with asyncio.timeout(self.command_timeout if timeout is None else timeout):
+            # One timer handle, no Timeout context: expiry fails the future, so TimeoutError
+            # is still raised here, in the caller's task.
+            timer = loop.call_later(
+                self.command_timeout if timeout is None else timeout, _expire, future
+            )
+            try:
                 return await future
+            finally:
+                timer.cancel()
         except TimeoutError:
             raise CommandTimeout(
                 f"no response to {command.method.value} {command.uri} within "
@@ -228,7 +243,9 @@ class Channel:
     async def _request(
         self, method: CommandMethod, uri: str, timeout: float | None, **fields: Any
     ) -> Command:
-        response = await self.send_command(Command(method, uri, **fields), timeout=timeout)
+        response = await self.send_command(
+            Command(method, uri, id=self.new_id(), **fields), timeout=timeout
+        )
         if response.status is CommandStatus.FAILURE:
             assert response.reason is not None
             raise CommandFailed(response.reason, response)
@@ -308,7 +325,7 @@ class Channel:
                     log.warning("%s: peer broke the protocol: %s", self, exc)
                     self._fail_pending_on_bad_response(exc)
                     self._protocol.reply_to_error(exc)
-                await self._dispatch_all()
+                self._dispatch_all()
                 try:
                     await self._flush()
                 except QueueFull as exc:
@@ -345,7 +362,7 @@ class Channel:
             if future is not None and not future.done():
                 future.set_exception(error)
 
-    async def _dispatch_all(self) -> None:
+    def _dispatch_all(self) -> None:
         for envelope in self._protocol.events_received():
             if isinstance(envelope, Command):
                 self._dispatch_command(envelope)
@@ -383,7 +400,7 @@ class Channel:
             log.exception("%s: command handler failed for %s %s", self, command.method, command.uri)
             self._reply(command.failure(ReasonCode.APPLICATION_ERROR, "the handler failed"))
             return
-        if inspect.isawaitable(result):
+        if not isinstance(result, Command) and inspect.isawaitable(result):
             self._spawn(self._finish_command(command, result))
         elif isinstance(result, Command):
             self._reply(result)

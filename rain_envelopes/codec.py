@@ -377,6 +377,64 @@ def _decode_session(r: _Reader) -> Session:
     )
 
 
+# Fast path for the commonest envelope on the wire: a command made only of plain fields with
+# canonical (lower-case) enum values. Anything else, valid or not, takes the full reader below,
+# which produces the same envelope or the precise error. Fields are checked here as strictly as
+# the reader and Command.__post_init__ would, so the trusted construction builds nothing the
+# slow path would refuse.
+_FAST_COMMAND_KEYS = frozenset({"id", "method", "uri", "type", "resource", "status"})
+_METHOD_BY_VALUE = {member.value: member for member in CommandMethod}
+_STATUS_BY_VALUE = {
+    member.value: member for member in CommandStatus if member is not CommandStatus.FAILURE
+}
+
+
+def _fast_command(obj: dict[str, Any]) -> Command | None:
+    for key in obj:
+        if key not in _FAST_COMMAND_KEYS:
+            return None
+    raw_method = obj["method"]
+    method = _METHOD_BY_VALUE.get(raw_method) if type(raw_method) is str else None
+    if method is None:
+        return None
+    envelope_id = obj.get("id")
+    uri = obj.get("uri")
+    media_type = obj.get("type")
+    resource = obj.get("resource")
+    raw_status = obj.get("status")
+    status = None
+    if raw_status is not None:
+        status = _STATUS_BY_VALUE.get(raw_status) if type(raw_status) is str else None
+        if status is None:
+            return None
+    if (
+        (envelope_id is not None and (type(envelope_id) is not str or not envelope_id))
+        or (uri is not None and (type(uri) is not str or not uri))
+        or (media_type is not None and (type(media_type) is not str or not media_type))
+        or (resource is not None and media_type is None)
+    ):
+        return None
+    if status is None and (
+        uri is None or (envelope_id is None and method is not CommandMethod.OBSERVE)
+    ):
+        return None
+    command = object.__new__(Command)
+    set_ = object.__setattr__
+    set_(command, "id", envelope_id)
+    set_(command, "from_", None)
+    set_(command, "to", None)
+    set_(command, "pp", None)
+    set_(command, "metadata", None)
+    set_(command, "extras", None)
+    set_(command, "method", method)
+    set_(command, "uri", uri)
+    set_(command, "type", media_type)
+    set_(command, "resource", resource)
+    set_(command, "status", status)
+    set_(command, "reason", None)
+    return command
+
+
 _KINDS: tuple[tuple[str, str, Callable[[_Reader], Envelope]], ...] = (
     ("content", "message", _decode_message),
     ("event", "notification", _decode_notification),
@@ -440,6 +498,16 @@ def decode(
         raise EnvelopeDecodeError(f"$: not valid JSON: {exc}", code=code) from None
     if not isinstance(obj, dict):
         raise EnvelopeDecodeError(f"$: expected object, got {_type_name(obj)}")
+    if "method" in obj and "content" not in obj and "event" not in obj:
+        fast = _fast_command(obj)
+        if fast is not None and not (
+            _bracket_count(data) > max_depth and _too_deep(obj, max_depth)
+        ):
+            raw = bytes(data) if isinstance(data, memoryview) else data
+            if not _LONG_DIGITS.search(
+                raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+            ):
+                return fast
     raw_id = obj.get("id")
     envelope_id = raw_id if isinstance(raw_id, str) and raw_id else None
     kind_key = next((entry for entry in _KINDS if entry[0] in obj), None)

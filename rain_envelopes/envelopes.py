@@ -315,15 +315,23 @@ class Command(Envelope):
         """The success response to this request: same id and method, addressed back."""
         if resource is not None and type is None:
             type = "application/json"
-        return Command(
-            self.method,
-            self.uri,
-            id=self.id,
-            to=self.sender,
-            status=CommandStatus.SUCCESS,
-            resource=resource,
-            type=type,
-        )
+        elif type is not None:
+            _check_str(type, "command type", allow_empty=False)
+        response = object.__new__(Command)
+        set_ = object.__setattr__
+        set_(response, "id", self.id)
+        set_(response, "from_", None)
+        set_(response, "to", self.pp if self.pp is not None else self.from_)
+        set_(response, "pp", None)
+        set_(response, "metadata", None)
+        set_(response, "extras", None)
+        set_(response, "method", self.method)
+        set_(response, "uri", self.uri)
+        set_(response, "type", type)
+        set_(response, "resource", resource)
+        set_(response, "status", CommandStatus.SUCCESS)
+        set_(response, "reason", None)
+        return response
 
     def failure(self, reason: Reason | int, description: str | None = None) -> Command:
         """The failure response to this request, with a reason (or a code and description)."""

@@ -156,6 +156,10 @@ class _Protocol:
         out, self._out = self._out, []
         return out
 
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
+
     def requeue(self, frames: list[bytes]) -> None:
         """Put frames that could not be sent back at the front of the queue, in order."""
         self._out[:0] = frames

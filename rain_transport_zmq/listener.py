@@ -523,7 +523,7 @@ class ZmqTransportListener(TransportListener):
             raise TransportClosed("link to this peer is closed")
         try:
             router.send(peer.routing_id, zmq.NOBLOCK | zmq.SNDMORE)
-            router.send(data, zmq.NOBLOCK, copy=False)
+            router.send(data, zmq.NOBLOCK, copy=len(data) < 65536)
         except zmq.Again:
             raise QueueFull(
                 f"peer {peer.peer_identity or peer.routing_id.hex()} has"

@@ -62,7 +62,7 @@ def split_uri(uri: str, owner: Node | None = None) -> tuple[str, dict[str, list[
         )
     if len(path) > 1:
         path = path.rstrip("/") or "/"
-    return path, parse_qs(query, keep_blank_values=True)
+    return path, parse_qs(query, keep_blank_values=True) if query else {}
 
 
 @dataclass(frozen=True)

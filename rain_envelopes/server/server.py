@@ -538,6 +538,8 @@ class Server:
         except Exception:
             log.exception("handling %s %s failed", command.method, command.uri)
             return command.failure(ReasonCode.GENERAL_ERROR, "internal server error")
+        if result is None or isinstance(result, Command):
+            return result
         if inspect.isawaitable(result):
             return self._complete(command, result)
         return result
