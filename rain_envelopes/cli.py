@@ -444,10 +444,10 @@ async def _cmd_monitor(args: argparse.Namespace) -> int:
         try:
             channel = await _open(args)
         except (EstablishTimeout, TransportError, SessionError) as exc:
-            # A refused key will be refused again: report it instead of retrying for ever.
-            if not connected_once or isinstance(
-                exc, (AuthenticationFailed, TransportSecurityError)
-            ):
+            # A refused key will be refused again: report it instead of retrying for ever. Other
+            # handshake failures also happen while a server restarts, so those are retried.
+            refused = isinstance(exc, TransportSecurityError) and exc.cause == "refused"
+            if not connected_once or refused or isinstance(exc, AuthenticationFailed):
                 raise
             _note(f"reconnect failed ({exc}); trying again in {delay:g} s")
             with contextlib.suppress(TimeoutError):

@@ -167,4 +167,11 @@ class QueueFull(TransportError):
 
 
 class TransportSecurityError(TransportError):
-    """The transport's security could not be set up safely, so it refuses to run."""
+    """The transport's security could not be set up safely, so it refuses to run.
+
+    ``cause`` may say more: ``"refused"`` means the server definitively refused our key or our
+    address (retrying will not help); other values (``"server-key"``, ``"protocol"``) may also
+    come from a link that broke mid-handshake, e.g. while a server restarts.
+    """
+
+    cause: str | None = None

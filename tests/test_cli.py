@@ -435,6 +435,39 @@ def test_monitor_reports_reconnects_after_a_server_restart(tmp_path: Path) -> No
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+def test_monitor_stops_with_exit_4_when_its_key_is_revoked(tmp_path: Path) -> None:
+    from rain_envelopes.keys import AuthorizedKeys, load_public_key
+
+    site = make_site(tmp_path)
+    server = ServerProcess(site.folder / "rain.toml", tmp_path / "server.log")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIN_")}
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "rain_envelopes.cli", "monitor", server.endpoint, "temperature",
+         *site.client("bob")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    assert monitor.stdout is not None
+    assert monitor.stderr is not None
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        assert "temperature" in pool.submit(monitor.stdout.readline).result(timeout=15)
+        AuthorizedKeys.from_mapping({
+            load_public_key(site.key("alice") + ".pub"): "alice@irf"
+        }).save(site.folder / "authorized_keys")
+        server.process.send_signal(signal.SIGHUP)
+        # It does not retry for ever: it says why and exits 4 (key problem).
+        assert monitor.wait(timeout=15) == 4
+        assert "13" in monitor.stderr.read()
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()
+        monitor.wait(5)
+        monitor.stdout.close()
+        monitor.stderr.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+        assert server.stop() == 0
+
+
 # ------------------------------------------------------------------------------ demo and tutorial
 
 
