@@ -340,7 +340,8 @@ class ZmqTransport(Transport):
                 self._shutdown(TransportError(f"receiving from {self.endpoint} failed: {exc}"))
                 return
             if not frame and sock.getsockopt(zmq.RCVMORE):
-                self._on_control(self._rest(sock))
+                # The first part is read; recv_multipart reads the rest of this message.
+                self._on_control(sock.recv_multipart(zmq.NOBLOCK))
                 if self._sock is None:
                     return
                 continue
@@ -349,13 +350,6 @@ class ZmqTransport(Transport):
             if not unbounded and self._data_pump is not None:
                 self._data_pump.kick()  # a full batch: more may wait, and no edge will say so
         self._wake_senders()
-
-    @staticmethod
-    def _rest(sock: zmq.Socket[bytes]) -> list[bytes]:
-        parts = [sock.recv(zmq.NOBLOCK)]
-        while sock.getsockopt(zmq.RCVMORE):
-            parts.append(sock.recv(zmq.NOBLOCK))
-        return parts
 
     def _on_control(self, parts: list[bytes]) -> None:
         if parts == [BYE]:

@@ -372,7 +372,8 @@ class ZmqTransportListener(TransportListener):
                 return
             # A ROUTER delivers messages whole: the parts after the routing id are all there.
             frame = router.recv(zmq.NOBLOCK, copy=False)
-            rest = self._rest(router) if frame.more else None
+            # recv_multipart reads from where we are: the parts after this one.
+            rest = router.recv_multipart(zmq.NOBLOCK) if frame.more else None
             user_id: str | None = None
             if secure:
                 try:
@@ -393,13 +394,6 @@ class ZmqTransportListener(TransportListener):
             return
         # Everything queued has been read: the frames of closed connections are delivered.
         self._bury_doomed()
-
-    @staticmethod
-    def _rest(router: zmq.Socket[bytes]) -> list[bytes]:
-        parts = [router.recv(zmq.NOBLOCK)]
-        while router.getsockopt(zmq.RCVMORE):
-            parts.append(router.recv(zmq.NOBLOCK))
-        return parts
 
     def _drop(self, routing_id: bytes, what: str) -> None:
         self.dropped_frames += 1
