@@ -37,7 +37,7 @@ import zmq.utils.z85
 from rain_envelopes.errors import ConfigError, KeyFileError
 from rain_envelopes.keys import curve_public_key, parse_public_key
 
-from ._io import int_option
+from ._io import SocketPump
 
 if TYPE_CHECKING:
     from rain_envelopes.keys import AuthorizedKeys, Identity
@@ -201,8 +201,7 @@ class ZapAuthenticator:
         self.accepted = 0
         self.refused = 0
         self._socket: zmq.Socket[bytes] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._fd: int | None = None
+        self._pump: SocketPump | None = None
         self._watched: dict[bytes, ZapDecision | None] = {}
 
     @property
@@ -225,20 +224,17 @@ class ZapAuthenticator:
         except zmq.ZMQError:
             sock.close(linger=0)
             raise
-        self._socket, self._loop = sock, loop
-        fd = int_option(sock, zmq.FD)
-        self._fd = fd
-        loop.add_reader(fd, self._drain)
-        # Requests may already be queued, and ZMQ_FD is edge-triggered: look once now.
-        loop.call_soon(self._drain)
+        self._socket = sock
+        self._pump = SocketPump(loop, sock, self._drain)
 
     def stop(self) -> None:
         """Stop answering and close the socket. Idempotent."""
         sock, self._socket = self._socket, None
         if sock is None:
             return
-        if self._loop is not None and self._fd is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._fd)
+        if self._pump is not None:
+            self._pump.close()
+            self._pump = None
         sock.close(linger=0)
 
     def watch(self, curve_public: bytes) -> None:
@@ -290,8 +286,8 @@ class ZapAuthenticator:
             except zmq.ZMQError as exc:
                 log.error("cannot answer a ZAP request: %s", exc)
         # More than a batch was waiting: let the loop run, then continue.
-        if self._loop is not None:
-            self._loop.call_soon(self._drain)
+        if self._pump is not None:
+            self._pump.kick()
 
     def decide(self, request: Sequence[bytes]) -> ZapDecision:
         """The decision for one ZAP request ``[version, id, domain, address, identity,
