@@ -17,6 +17,7 @@ __all__ = [
     "BYE",
     "CONTROL",
     "HELLO",
+    "ZERO_COPY_FROM",
     "HandshakeFailed",
     "PeerGone",
     "apply_common",
@@ -34,6 +35,10 @@ log = logging.getLogger("rain_transport_zmq")
 CONTROL = b""
 HELLO = b"hello"
 BYE = b"bye"
+
+#: Frames at least this large are sent zero-copy; below it (pyzmq's own threshold) the
+#: bookkeeping of a zero-copy send costs more than the copy.
+ZERO_COPY_FROM = 64 * 1024
 
 #: Distinct inproc names for monitor sockets within one process.
 monitor_ids = itertools.count()

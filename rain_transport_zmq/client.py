@@ -33,6 +33,7 @@ from ._common import (
     BYE,
     CONTROL,
     HELLO,
+    ZERO_COPY_FROM,
     HandshakeFailed,
     apply_common,
     check_endpoint,
@@ -46,10 +47,6 @@ from .options import ZmqOptions
 from .security import client_curve_keys, server_curve_public
 
 __all__ = ["ZmqTransport"]
-
-# pyzmq's own threshold: below it a zero-copy send costs more than the copy.
-_ZERO_COPY_FROM = 64 * 1024
-
 
 def _handshake_error(event: int, value: int, endpoint: str, secure: bool) -> HandshakeFailed:
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -410,7 +407,7 @@ class ZmqTransport(Transport):
         try:
             if len(parts) == 1:
                 # Small frames are copied by pyzmq anyway; large ones go zero-copy.
-                sock.send(parts[0], zmq.NOBLOCK, copy=len(parts[0]) < _ZERO_COPY_FROM)
+                sock.send(parts[0], zmq.NOBLOCK, copy=len(parts[0]) < ZERO_COPY_FROM)
             else:
                 sock.send_multipart(parts, zmq.NOBLOCK)
         except zmq.Again:

@@ -48,6 +48,7 @@ from ._common import (
     BYE,
     CONTROL,
     HELLO,
+    ZERO_COPY_FROM,
     HandshakeFailed,
     PeerGone,
     apply_common,
@@ -517,7 +518,7 @@ class ZmqTransportListener(TransportListener):
             raise TransportClosed("link to this peer is closed")
         try:
             router.send(peer.routing_id, zmq.NOBLOCK | zmq.SNDMORE)
-            router.send(data, zmq.NOBLOCK, copy=len(data) < 65536)
+            router.send(data, zmq.NOBLOCK, copy=len(data) < ZERO_COPY_FROM)
         except zmq.Again:
             raise QueueFull(
                 f"peer {peer.peer_identity or peer.routing_id.hex()} has"
