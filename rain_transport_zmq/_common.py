@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+from collections.abc import Iterable
 
 import zmq
 
@@ -25,7 +26,6 @@ __all__ = [
     "client_context",
     "monitor_ids",
     "to_ms",
-    "wants_ipv6",
 ]
 
 log = logging.getLogger("rain_transport_zmq")
@@ -88,7 +88,7 @@ def check_endpoint(endpoint: object) -> str:
     return endpoint
 
 
-def wants_ipv6(endpoint: str, options: ZmqOptions) -> bool:
+def _wants_ipv6(endpoint: str, options: ZmqOptions) -> bool:
     return options.ipv6 or endpoint.lower().startswith("tcp://[")
 
 
@@ -96,12 +96,13 @@ def to_ms(seconds: float) -> int:
     return -1 if seconds < 0 else round(seconds * 1000)
 
 
-def apply_common(sock: zmq.Socket[bytes], options: ZmqOptions, endpoint: str) -> None:
+def apply_common(sock: zmq.Socket[bytes], options: ZmqOptions, endpoints: Iterable[str]) -> None:
+    """The options both roles set; IPV6 when any of the socket's ``endpoints`` needs it."""
     sock.setsockopt(zmq.LINGER, to_ms(options.linger))
     sock.setsockopt(zmq.HEARTBEAT_IVL, to_ms(options.heartbeat_ivl))
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, to_ms(options.heartbeat_timeout))
     sock.setsockopt(zmq.HEARTBEAT_TTL, to_ms(options.heartbeat_ttl))
     sock.setsockopt(zmq.SNDBUF, options.tcp_sndbuf)
     sock.setsockopt(zmq.RCVBUF, options.tcp_rcvbuf)
-    if wants_ipv6(endpoint, options):
+    if any(_wants_ipv6(endpoint, options) for endpoint in endpoints):
         sock.setsockopt(zmq.IPV6, 1)

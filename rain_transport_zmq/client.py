@@ -48,6 +48,7 @@ from .security import client_curve_keys, server_curve_public
 
 __all__ = ["ZmqTransport"]
 
+
 def _handshake_error(event: int, value: int, endpoint: str, secure: bool) -> HandshakeFailed:
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return HandshakeFailed(
@@ -227,7 +228,7 @@ class ZmqTransport(Transport):
         options = self.options
         sock = context.socket(zmq.DEALER)
         self._sock = sock
-        apply_common(sock, options, self.endpoint)
+        apply_common(sock, options, [self.endpoint])
         sock.setsockopt(zmq.MAXMSGSIZE, options.client_max_message_size)
         sock.setsockopt(zmq.RCVHWM, options.client_rcvhwm)
         sock.setsockopt(zmq.SNDHWM, options.client_sndhwm)

@@ -56,7 +56,6 @@ from ._common import (
     log,
     monitor_ids,
     to_ms,
-    wants_ipv6,
 )
 from ._io import Inbox, SocketPump, parse_monitor_event
 from .client import ZmqTransport
@@ -280,9 +279,7 @@ class ZmqTransportListener(TransportListener):
 
     def _configure_router(self, router: zmq.Socket[bytes]) -> None:
         options = self.options
-        apply_common(router, options, self._requested[0])
-        if any(wants_ipv6(endpoint, options) for endpoint in self._requested):
-            router.setsockopt(zmq.IPV6, 1)
+        apply_common(router, options, self._requested)
         router.setsockopt(zmq.MAXMSGSIZE, options.server_max_message_size)
         router.setsockopt(zmq.RCVHWM, options.server_rcvhwm)
         router.setsockopt(zmq.SNDHWM, options.server_sndhwm)
