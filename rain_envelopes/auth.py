@@ -31,6 +31,7 @@ from .keys import (
 __all__ = [
     "GUEST_IDENTITY",
     "ClientCredentials",
+    "Proof",
     "ServerAuthenticator",
 ]
 
@@ -52,6 +53,14 @@ def _b64(value: Any, what: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise _auth_failed(f"authentication.{what} is not valid base64") from None
+
+
+@dataclass(frozen=True)
+class Proof:
+    """What a client proved: its identity name and the Ed25519 key behind it (None for guests)."""
+
+    identity: str
+    key: bytes | None = None
 
 
 class ServerAuthenticator:
@@ -102,17 +111,17 @@ class ServerAuthenticator:
         challenge: bytes | None,
         client_node: str,
         server_node: str,
-    ) -> str | None:
+    ) -> Proof | None:
         """Check one client answer.
 
-        Returns the proven identity name, or None when the scheme needs another round (the
-        caller then sends a challenge). Raises RemoteProtocolError with code 13 when the
+        Returns what was proven, or None when the scheme needs another round (the caller then
+        sends a challenge). Raises RemoteProtocolError with code 13 when the
         credentials are refused.
         """
         if scheme is _A.GUEST:
             if not self.allow_guest:
                 raise _auth_failed("guest sessions are not enabled on this server")
-            return GUEST_IDENTITY
+            return Proof(GUEST_IDENTITY)
         keys = self.authorized_keys
         if keys is None:
             raise _auth_failed("this server has no authorised keys")
@@ -120,12 +129,13 @@ class ServerAuthenticator:
             if peer_identity is None:
                 raise _auth_failed("the transport proved no key for this peer")
             try:
-                name = keys.lookup(parse_public_key(peer_identity))
+                key = parse_public_key(peer_identity)
             except KeyFileError:
-                name = None
+                raise _auth_failed("the transport proved no valid key") from None
+            name = keys.lookup(key)
             if name is None:
                 raise _auth_failed("the key the transport proved is not authorised")
-            return name
+            return Proof(name, key)
         if scheme is _A.KEYPAIR:
             key = _b64(authentication.get("key"), "key")
             name = keys.lookup(key)
@@ -140,7 +150,7 @@ class ServerAuthenticator:
                 key, signature, session_id, challenge, client_node, server_node
             ):
                 raise _auth_failed("bad keypair signature")
-            return name
+            return Proof(name, key)
         raise _auth_failed(f"scheme {scheme.value} is not supported")
 
 

@@ -40,7 +40,8 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
-from .errors import KeyFileError
+from .errors import EnvelopeValidationError, KeyFileError
+from .node import Node
 
 __all__ = [
     "KEYPAIR_TRANSCRIPT_VERSION",
@@ -625,6 +626,16 @@ def _checked_name(name: object, where: str) -> str:
         raise KeyFileError(f"{where}: identity name must be non-empty text without spaces")
     if name.startswith("#"):
         raise KeyFileError(f"{where}: identity name must not start with '#'")
+    # The name becomes the session's node identity, so it must read as one (alice@irf).
+    try:
+        node = Node.parse(name)
+    except EnvelopeValidationError as exc:
+        message = f"{where}: identity name {name!r} is not a node identity: {exc}"
+        raise KeyFileError(message) from None
+    if node.instance is not None or node.name is None:
+        raise KeyFileError(
+            f"{where}: identity name {name!r} must be name@domain (or a bare name), no instance"
+        )
     return name
 
 

@@ -24,7 +24,6 @@ import binascii
 import itertools
 import os
 import zlib
-from collections.abc import Mapping
 from typing import Any
 
 from .auth import GUEST_IDENTITY, ClientCredentials, ServerAuthenticator
@@ -44,12 +43,7 @@ from .envelopes import (
     SessionEncryption,
     SessionState,
 )
-from .errors import (
-    EnvelopeDecodeError,
-    EnvelopeValidationError,
-    RemoteProtocolError,
-)
-from .keys import parse_public_key
+from .errors import EnvelopeDecodeError, RemoteProtocolError
 from .node import Node
 from .session import Phase, Role, SessionMachine
 
@@ -180,10 +174,6 @@ class _Protocol:
             data = _gzip(data)
         self._out.append(data)
 
-    def _send_session(self, envelope: Session) -> None:
-        self.machine.send(envelope)
-        self._queue(envelope)
-
     def receive_data(self, data: bytes) -> None:
         """Process one received frame.
 
@@ -309,22 +299,20 @@ class ServerProtocol(_Protocol):
             elif envelope.state is _S.AUTHENTICATING:
                 self._authenticate(envelope)
             elif envelope.state is _S.FINISHING:
-                self._send_session(self._reply(_S.FINISHED))
+                self.send(self._reply(_S.FINISHED))
         except RemoteProtocolError as exc:
             self._fail_session(Reason(exc.code, str(exc)))
 
     def _after_new(self) -> None:
         # Negotiate when there is a choice, and also when the only option is not `none`: the
         # client must be told before frames change shape.
-        only = self.compression_options[0]
-        if len(self.compression_options) > 1 or only is not SessionCompression.NONE:
-            self._send_session(self._reply(
+        if self.compression_options != (SessionCompression.NONE,):
+            self.send(self._reply(
                 _S.NEGOTIATING,
                 compression_options=self.compression_options,
                 encryption_options=self.encryption_options,
             ))
         else:
-            self.compression = self.compression_options[0]
             self._start_authentication()
 
     def _negotiate(self, envelope: Session) -> None:
@@ -340,7 +328,7 @@ class ServerProtocol(_Protocol):
                 f"encryption {encryption.value} was not offered",
                 code=ReasonCode.SESSION_NEGOTIATION_INVALID_OPTIONS,
             )
-        self._send_session(self._reply(
+        self.send(self._reply(
             _S.NEGOTIATING, compression=compression, encryption=encryption
         ))
         # Both sides apply the choice from the frame after the echo on.
@@ -364,7 +352,7 @@ class ServerProtocol(_Protocol):
         ):
             self._challenge = self.authenticator.new_challenge()
             authentication = {"challenge": base64.b64encode(self._challenge).decode()}
-        self._send_session(self._reply(
+        self.send(self._reply(
             _S.AUTHENTICATING, scheme_options=self._offered_schemes, authentication=authentication,
         ))
 
@@ -378,7 +366,7 @@ class ServerProtocol(_Protocol):
                 code=ReasonCode.SESSION_NEGOTIATION_INVALID_OPTIONS,
             )
         claimed = envelope.from_
-        identity = self.authenticator.authenticate(
+        proof = self.authenticator.authenticate(
             scheme,
             envelope.authentication or {},
             peer_identity=self.peer_identity,
@@ -387,26 +375,16 @@ class ServerProtocol(_Protocol):
             client_node=str(claimed) if claimed else "",
             server_node=str(self.node) if self.node else "",
         )
-        if identity is None:
+        if proof is None:
             # Another round: the client named its key; now it must sign a challenge.
             self._challenge = self.authenticator.new_challenge()
-            self._send_session(self._reply(
+            self.send(self._reply(
                 _S.AUTHENTICATING,
                 authentication={"challenge": base64.b64encode(self._challenge).decode()},
             ))
             return
-        self.remote_key = self._proven_key(scheme, envelope.authentication or {})
-        self._establish(identity, claimed=claimed)
-
-    def _proven_key(
-        self, scheme: AuthenticationScheme, authentication: Mapping[str, Any]
-    ) -> bytes | None:
-        # Only called once the authenticator accepted the answer, so these parse.
-        if scheme is AuthenticationScheme.TRANSPORT and self.peer_identity is not None:
-            return parse_public_key(self.peer_identity)
-        if scheme is AuthenticationScheme.KEYPAIR:
-            return base64.b64decode(str(authentication["key"]))
-        return None
+        self.remote_key = proof.key
+        self._establish(proof.identity, claimed=claimed)
 
     def _establish(self, identity: str, *, claimed: Node | None) -> None:
         if identity == GUEST_IDENTITY:
@@ -418,12 +396,9 @@ class ServerProtocol(_Protocol):
                 claimed.instance if claimed else None,
             )
         else:
-            try:
-                node = Node.parse(identity)
-            except EnvelopeValidationError:
-                node = Node(identity.replace("@", "_"))
+            # Authorised-keys names are checked to be node identities when the file is read.
             # The instance is the only part a client may choose.
-            node = node.with_instance(claimed.instance if claimed else None)
+            node = Node.parse(identity).with_instance(claimed.instance if claimed else None)
         if self.registry is not None:
             node = self.registry.register(node)  # RemoteProtocolError (12)
         elif node.instance is None:
@@ -431,24 +406,24 @@ class ServerProtocol(_Protocol):
         self.remote_identity = identity
         self.remote_node = node
         established = self._reply(_S.ESTABLISHED, to=node)
-        self._send_session(established)
+        self.send(established)
         self.established = established
 
     def _fail_session(self, reason: Reason) -> None:
         self.failure = reason
         if not self.closed:
-            self._send_session(self._reply(_S.FAILED, reason=reason))
+            self.send(self._reply(_S.FAILED, reason=reason))
 
     # -- server-initiated ends
 
     def finish(self) -> None:
         """End the session with ``finished``. Raises LocalProtocolError if already ended."""
-        self._send_session(self._reply(_S.FINISHED))
+        self.send(self._reply(_S.FINISHED))
 
     def fail(self, reason: Reason) -> None:
         """End the session with ``failed`` and ``reason``. Raises LocalProtocolError if ended."""
         self.failure = reason
-        self._send_session(self._reply(_S.FAILED, reason=reason))
+        self.send(self._reply(_S.FAILED, reason=reason))
 
 
 # ------------------------------------------------------------------------------------ client
@@ -476,11 +451,11 @@ class ClientProtocol(_Protocol):
 
     def start(self) -> None:
         """Queue the ``new`` session envelope (no id: the server assigns it)."""
-        self._send_session(Session(_S.NEW))
+        self.send(Session(_S.NEW))
 
     def finish(self) -> None:
         """Ask the server to end the session (``finishing``)."""
-        self._send_session(Session(_S.FINISHING, id=self.session_id))
+        self.send(Session(_S.FINISHING, id=self.session_id))
 
     def _receive_session(self, envelope: Session) -> None:
         if self.session_id is None and envelope.id is None and envelope.state is not _S.FAILED:
@@ -522,7 +497,7 @@ class ClientProtocol(_Protocol):
         encryptions = envelope.encryption_options
         encryption = encryptions[0] if encryptions else None
         self._chosen = (compression, encryption)
-        self._send_session(Session(
+        self.send(Session(
             _S.NEGOTIATING, id=self.session_id, compression=compression, encryption=encryption,
         ))
 
@@ -565,7 +540,7 @@ class ClientProtocol(_Protocol):
             client_node=str(self.node) if self.node else "",
             server_node=str(self.server_node) if self.server_node else "",
         )
-        self._send_session(Session(
+        self.send(Session(
             _S.AUTHENTICATING, id=self.session_id, from_=self.node,
             scheme=self._scheme, authentication=authentication,
         ))

@@ -762,3 +762,14 @@ def test_verify_returns_false_for_wrong_field_types(fields: tuple[object, ...]) 
     alice = Identity.generate()
     signature = sign_keypair_challenge(alice, *BASE)
     assert verify_keypair_signature(alice.public_key, signature, *fields) is False  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["alice@irf/laptop", "a/b", "x" * 2000])
+def test_authorised_names_must_be_node_identities(tmp_path: Path, name: str) -> None:
+    # The name becomes the session's node identity, so a name that cannot be one is refused
+    # when the file is read (with its line), not when a client authenticates.
+    key = Identity.generate().public_key_text
+    path = tmp_path / "authorized_keys"
+    path.write_text(f"# header\n{key} {name}\n")
+    with pytest.raises(KeyFileError, match=r"authorized_keys:2: identity name"):
+        AuthorizedKeys.load(path)
