@@ -3,7 +3,6 @@ socket options both roles set, endpoint checks, and the two errors this package 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from collections.abc import Iterable
@@ -24,7 +23,6 @@ __all__ = [
     "apply_common",
     "check_endpoint",
     "client_context",
-    "monitor_ids",
     "to_ms",
 ]
 
@@ -40,8 +38,6 @@ BYE = b"bye"
 #: bookkeeping of a zero-copy send costs more than the copy.
 ZERO_COPY_FROM = 64 * 1024
 
-#: Distinct inproc names for monitor sockets within one process.
-monitor_ids = itertools.count()
 _shared_context: zmq.Context[zmq.Socket[bytes]] | None = None
 _shared_context_lock = threading.Lock()
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import itertools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import zmq
 
@@ -26,6 +27,8 @@ __all__ = [
     "SocketPump",
     "copy_error",
     "int_option",
+    "monitor_events",
+    "open_monitor",
     "parse_monitor_event",
 ]
 
@@ -80,6 +83,8 @@ class SocketPump:
 
 
 _MONITOR_HEADER = struct.Struct("=HI")
+# Distinct inproc names for monitor sockets within one process.
+_monitor_ids = itertools.count()
 
 MonitorEvent = tuple[int, int, str]
 
@@ -95,6 +100,32 @@ def parse_monitor_event(parts: list[bytes]) -> MonitorEvent | None:
         return None
     event, value = _MONITOR_HEADER.unpack(parts[0])
     return event, value, parts[1].decode("utf-8", "replace")
+
+
+def open_monitor(
+    context: zmq.Context[zmq.Socket[bytes]], sock: zmq.Socket[bytes], events: int, role: str
+) -> zmq.Socket[bytes]:
+    """A PAIR socket that receives ``events`` of ``sock``; make it before ``sock`` connects or
+    binds, so no event is missed."""
+    address = f"inproc://rain-{role}-monitor-{next(_monitor_ids)}"
+    sock.monitor(address, events)
+    monitor = context.socket(zmq.PAIR)
+    monitor.setsockopt(zmq.LINGER, 0)
+    monitor.connect(address)
+    return monitor
+
+
+def monitor_events(monitor: zmq.Socket[bytes]) -> Iterator[MonitorEvent]:
+    """Every event queued on ``monitor``, until none is left or the socket is closed (a
+    consumer may close it while iterating). Malformed messages are skipped."""
+    while not monitor.closed:
+        try:
+            parts = monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+        event = parse_monitor_event(parts)
+        if event is not None:
+            yield event
 
 
 class Inbox:

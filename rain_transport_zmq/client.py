@@ -39,10 +39,9 @@ from ._common import (
     check_endpoint,
     client_context,
     log,
-    monitor_ids,
     to_ms,
 )
-from ._io import Inbox, SocketPump, copy_error, int_option, parse_monitor_event
+from ._io import Inbox, SocketPump, copy_error, int_option, monitor_events, open_monitor
 from .options import ZmqOptions
 from .security import client_curve_keys, server_curve_public
 
@@ -243,20 +242,18 @@ class ZmqTransport(Transport):
             sock.setsockopt(zmq.CURVE_SERVERKEY, server)
         # The monitor is how we learn why a handshake failed (libzmq would silently retry) and
         # when the connection dropped; created before connect so no event is missed.
-        address = f"inproc://rain-client-monitor-{next(monitor_ids)}"
-        sock.monitor(
-            address,
+        monitor = open_monitor(
+            context,
+            sock,
             zmq.EVENT_HANDSHAKE_SUCCEEDED
             | zmq.EVENT_HANDSHAKE_FAILED_AUTH
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             | zmq.EVENT_DISCONNECTED
             | zmq.EVENT_CONNECT_RETRIED,
+            "client",
         )
-        monitor = context.socket(zmq.PAIR)
         self._monitor = monitor
-        monitor.setsockopt(zmq.LINGER, 0)
-        monitor.connect(address)
         self._handshake = loop.create_future()
         self._data_pump = SocketPump(loop, sock, self._drain)
         self._pumps = [self._data_pump, SocketPump(loop, monitor, self._drain_monitor)]
@@ -276,16 +273,10 @@ class ZmqTransport(Transport):
     # -------------------------------------------------------------------------- events
 
     def _drain_monitor(self) -> None:
-        monitor = self._monitor
-        while monitor is not None:
-            try:
-                parts = monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.ZMQError:
-                return
-            event = parse_monitor_event(parts)
-            if event is not None:
-                self._on_event(*event[:2])
-            monitor = self._monitor
+        if self._monitor is not None:
+            # An event may shut the transport down; the iteration then stops.
+            for event, value, _ in monitor_events(self._monitor):
+                self._on_event(event, value)
 
     def _on_event(self, event: int, value: int) -> None:
         handshake = self._handshake

@@ -54,10 +54,9 @@ from ._common import (
     apply_common,
     check_endpoint,
     log,
-    monitor_ids,
     to_ms,
 )
-from ._io import Inbox, SocketPump, parse_monitor_event
+from ._io import Inbox, SocketPump, monitor_events, open_monitor
 from .client import ZmqTransport
 from .options import ZmqOptions
 from .security import (
@@ -253,7 +252,15 @@ class ZmqTransportListener(TransportListener):
             router = context.socket(zmq.ROUTER)
             self._router = router
             self._configure_router(router)
-            self._monitor = self._monitor_router(context, router)
+            self._monitor = open_monitor(
+                context,
+                router,
+                zmq.EVENT_ACCEPTED
+                | zmq.EVENT_DISCONNECTED
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                "listener",
+            )
             for endpoint in self._requested:
                 try:
                     router.bind(endpoint)
@@ -296,23 +303,6 @@ class ZmqTransportListener(TransportListener):
             router.setsockopt(zmq.CURVE_SERVER, 1)
             router.setsockopt(zmq.CURVE_PUBLICKEY, public)
             router.setsockopt(zmq.CURVE_SECRETKEY, secret)
-
-    @staticmethod
-    def _monitor_router(
-        context: zmq.Context[zmq.Socket[bytes]], router: zmq.Socket[bytes]
-    ) -> zmq.Socket[bytes]:
-        address = f"inproc://rain-listener-monitor-{next(monitor_ids)}"
-        router.monitor(
-            address,
-            zmq.EVENT_ACCEPTED
-            | zmq.EVENT_DISCONNECTED
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
-        )
-        monitor = context.socket(zmq.PAIR)
-        monitor.setsockopt(zmq.LINGER, 0)
-        monitor.connect(address)
-        return monitor
 
     async def _self_test(self) -> None:
         """Connect with a fresh unknown key; unless our handler refuses it, refuse to serve.
@@ -478,16 +468,9 @@ class ZmqTransportListener(TransportListener):
         peer.inbox.put(payload)
 
     def _drain_monitor(self) -> None:
-        monitor = self._monitor
-        while monitor is not None:
-            try:
-                parts = monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.ZMQError:
-                return
-            event = parse_monitor_event(parts)
-            if event is None:
-                continue
-            kind, value, endpoint = event
+        if self._monitor is None:
+            return
+        for kind, value, endpoint in monitor_events(self._monitor):
             if kind == zmq.EVENT_ACCEPTED:
                 self._live_fds.add(value)
             elif kind == zmq.EVENT_DISCONNECTED:
