@@ -418,21 +418,9 @@ def _fast_command(obj: dict[str, Any]) -> Command | None:
         uri is None or (envelope_id is None and method is not CommandMethod.OBSERVE)
     ):
         return None
-    command = object.__new__(Command)
-    set_ = object.__setattr__
-    set_(command, "id", envelope_id)
-    set_(command, "from_", None)
-    set_(command, "to", None)
-    set_(command, "pp", None)
-    set_(command, "metadata", None)
-    set_(command, "extras", None)
-    set_(command, "method", method)
-    set_(command, "uri", uri)
-    set_(command, "type", media_type)
-    set_(command, "resource", resource)
-    set_(command, "status", status)
-    set_(command, "reason", None)
-    return command
+    return Command._unchecked(
+        method, uri, id=envelope_id, type=media_type, resource=resource, status=status
+    )
 
 
 _KINDS: tuple[tuple[str, str, Callable[[_Reader], Envelope]], ...] = (

@@ -317,21 +317,35 @@ class Command(Envelope):
             type = "application/json"
         elif type is not None:
             _check_str(type, "command type", allow_empty=False)
-        response = object.__new__(Command)
+        # Everything copied comes from a valid request; only `type` is new and checked above.
+        return Command._unchecked(
+            self.method, self.uri, id=self.id, to=self.sender, type=type, resource=resource,
+            status=CommandStatus.SUCCESS,
+        )
+
+    @classmethod
+    def _unchecked(
+        cls,
+        method: CommandMethod,
+        uri: str | None,
+        *,
+        id: str | None,
+        to: Node | None = None,
+        type: str | None = None,
+        resource: Any = None,
+        status: CommandStatus | None = None,
+    ) -> Command:
+        """Build a Command skipping validation, for the hot path only: every value must already
+        be what the constructor would accept (the codec's fast path, ``success()``)."""
+        command = object.__new__(cls)
         set_ = object.__setattr__
-        set_(response, "id", self.id)
-        set_(response, "from_", None)
-        set_(response, "to", self.pp if self.pp is not None else self.from_)
-        set_(response, "pp", None)
-        set_(response, "metadata", None)
-        set_(response, "extras", None)
-        set_(response, "method", self.method)
-        set_(response, "uri", self.uri)
-        set_(response, "type", type)
-        set_(response, "resource", resource)
-        set_(response, "status", CommandStatus.SUCCESS)
-        set_(response, "reason", None)
-        return response
+        for name, value in (
+            ("id", id), ("from_", None), ("to", to), ("pp", None), ("metadata", None),
+            ("extras", None), ("method", method), ("uri", uri), ("type", type),
+            ("resource", resource), ("status", status), ("reason", None),
+        ):
+            set_(command, name, value)
+        return command
 
     def failure(self, reason: Reason | int, description: str | None = None) -> Command:
         """The failure response to this request, with a reason (or a code and description)."""

@@ -118,3 +118,12 @@ def test_node_comparison_is_case_insensitive_per_part() -> None:
 def test_bad_nodes_are_refused(bad: str) -> None:
     with pytest.raises(EnvelopeValidationError):
         Node.parse(bad)
+
+
+def test_the_unchecked_constructor_sets_every_field() -> None:
+    # The hot path builds Commands without validation; a field added to Command but not to
+    # _unchecked would be left unset (AttributeError on a slotted class).
+    command = Command._unchecked(CommandMethod.GET, "/x", id="1")
+    for field in dataclasses.fields(Command):
+        getattr(command, field.name)
+    assert command == Command("get", "/x", id="1")
