@@ -51,7 +51,7 @@ class ZmqTransportFactory(TransportFactory):
     ) -> Transport:
         """A client transport (not yet opened). Raises ConfigError without keys unless
         ``security.insecure``."""
-        return ZmqTransport(endpoint, security if security is not None else _NO_SECURITY, options)
+        return ZmqTransport(endpoint, security, options)
 
     def listen(
         self,
@@ -61,9 +61,4 @@ class ZmqTransportFactory(TransportFactory):
     ) -> TransportListener:
         """A listener (not yet started). Raises ConfigError without keys unless
         ``security.insecure``."""
-        return ZmqTransportListener(
-            endpoints, security if security is not None else ServerSecurity(), options
-        )
-
-
-_NO_SECURITY = ClientSecurity()
+        return ZmqTransportListener(endpoints, security, options)
