@@ -341,8 +341,6 @@ class Channel:
         except TransportError as exc:
             log.warning("%s: link failed: %s", self, exc)
             reason = Reason(ReasonCode.SESSION_ERROR, f"link failed: {exc}")
-        except asyncio.CancelledError:
-            raise
         except Exception:  # a bug of ours: log it and end the channel rather than hang
             log.exception("%s: reader failed", self)
             reason = Reason(ReasonCode.GENERAL_ERROR, "internal error in the channel")
@@ -400,16 +398,14 @@ class Channel:
             log.exception("%s: command handler failed for %s %s", self, command.method, command.uri)
             self._reply(command.failure(ReasonCode.APPLICATION_ERROR, "the handler failed"))
             return
-        if not isinstance(result, Command) and inspect.isawaitable(result):
-            self._spawn(self._finish_command(command, result))
-        elif isinstance(result, Command):
+        if isinstance(result, Command):
             self._reply(result)
+        elif inspect.isawaitable(result):
+            self._spawn(self._finish_command(command, result))
 
     async def _finish_command(self, command: Command, pending: Awaitable[Any]) -> None:
         try:
             result = await pending
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("%s: command handler failed for %s %s", self, command.method, command.uri)
             result = command.failure(ReasonCode.APPLICATION_ERROR, "the handler failed")
@@ -461,8 +457,6 @@ class Channel:
     ) -> None:
         try:
             await pending
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("%s: message handler failed", self)
             if wants_receipts:
@@ -503,8 +497,6 @@ class Channel:
     async def _await_logged(self, pending: Awaitable[Any], what: str) -> None:
         try:
             await pending
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("%s: %s failed", self, what)
 
@@ -534,13 +526,13 @@ class Channel:
                 continue  # a peer that answers, even with a failure, is alive
             except CommandTimeout:
                 log.warning("%s: peer silent for %.1f s; ending the session", self, idle)
-                self._spawn(self._end_silent())
+                # _shutdown never cancels the task it runs in, so no helper task is needed.
+                await self._shutdown(
+                    Reason(ReasonCode.SESSION_ERROR, "peer did not answer pings")
+                )
                 return
             except (ChannelClosed, SessionError, TransportError):
                 return
-
-    async def _end_silent(self) -> None:
-        await self._shutdown(Reason(ReasonCode.SESSION_ERROR, "peer did not answer pings"))
 
     # ---------------------------------------------------------------------------- ending
 
