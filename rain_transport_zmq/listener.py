@@ -104,6 +104,8 @@ class ZmqPeerTransport(Transport):
         self.dropped_frames = 0
         self.inbox = Inbox()
         self._closed = False
+        #: The descriptor of this peer's connection (ZMQ_SRCFD), set by the listener.
+        self._fd: int | None = None
 
     def __repr__(self) -> str:
         who = self.peer_identity or self.routing_id.hex()
@@ -194,7 +196,6 @@ class ZmqTransportListener(TransportListener):
         self._fd_peers: dict[int, set[bytes]] = {}
         self._live_fds: set[int] = set()
         self._doomed: set[bytes] = set()
-        self._peer_fd: dict[bytes, int] = {}
         self._started = False
         self._start_lock = asyncio.Lock()
         self._closed = False
@@ -430,7 +431,7 @@ class ZmqTransportListener(TransportListener):
         )
         self._peers[routing_id] = peer
         if fd is not None:
-            self._peer_fd[routing_id] = fd
+            peer._fd = fd
             if fd in self._live_fds:
                 self._fd_peers.setdefault(fd, set()).add(routing_id)
             else:  # its connection already ended: deliver what it sent, then close
@@ -522,13 +523,12 @@ class ZmqTransportListener(TransportListener):
         routing_id = peer.routing_id
         if self._peers.get(routing_id) is peer:
             del self._peers[routing_id]
-            fd = self._peer_fd.pop(routing_id, None)
-            if fd is not None:
-                members = self._fd_peers.get(fd)
+            if peer._fd is not None:
+                members = self._fd_peers.get(peer._fd)
                 if members is not None:
                     members.discard(routing_id)
                     if not members:
-                        del self._fd_peers[fd]
+                        del self._fd_peers[peer._fd]
             self._doomed.discard(routing_id)
         router = self._router
         if bye and router is not None:
