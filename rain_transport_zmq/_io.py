@@ -146,10 +146,6 @@ class Inbox:
     def __len__(self) -> int:
         return len(self._frames)
 
-    @property
-    def ended(self) -> bool:
-        return self._error is not None
-
     def put(self, frame: bytes) -> None:
         self._frames.append(frame)
         if self._waiters:
