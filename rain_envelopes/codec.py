@@ -469,33 +469,33 @@ def decode(
     max_depth: int = MAX_DEPTH,
 ) -> Envelope:
     """Parse one envelope. Raises EnvelopeDecodeError, and only that, for any bad input."""
-    if not isinstance(data, (bytes, bytearray, memoryview, str)):
-        raise EnvelopeDecodeError(f"$: expected bytes, got {type(data).__name__}")
     if isinstance(data, str):
-        size = len(data.encode("utf-8", "surrogatepass"))
+        raw: bytes | bytearray = data.encode("utf-8", "surrogatepass")
     elif isinstance(data, memoryview):
-        size = data.nbytes  # len() counts items, which may be wider than a byte
+        raw = data.tobytes()  # len() of a view counts items, which may be wider than a byte
+    elif isinstance(data, (bytes, bytearray)):
+        raw = data
     else:
-        size = len(data)
+        raise EnvelopeDecodeError(f"$: expected bytes, got {type(data).__name__}")
+    size = len(raw)
     if size > max_size:
         raise EnvelopeDecodeError(f"$: envelope of {size} bytes exceeds the limit of {max_size}")
     try:
-        obj = orjson.loads(data)
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         code = 22 if size == 0 else 21
         raise EnvelopeDecodeError(f"$: not valid JSON: {exc}", code=code) from None
     if not isinstance(obj, dict):
         raise EnvelopeDecodeError(f"$: expected object, got {_type_name(obj)}")
-    if "method" in obj and "content" not in obj and "event" not in obj:
+    # Both checks are C-speed scans of the bytes; the tree is walked only when it could be deep.
+    too_deep = raw.count(b"{") + raw.count(b"[") > max_depth and _too_deep(obj, max_depth)
+    long_digits = _LONG_DIGITS.search(raw) is not None
+    if not too_deep and not long_digits and "method" in obj and (
+        "content" not in obj and "event" not in obj
+    ):
         fast = _fast_command(obj)
-        if fast is not None and not (
-            _bracket_count(data) > max_depth and _too_deep(obj, max_depth)
-        ):
-            raw = bytes(data) if isinstance(data, memoryview) else data
-            if not _LONG_DIGITS.search(
-                raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-            ):
-                return fast
+        if fast is not None:
+            return fast
     raw_id = obj.get("id")
     envelope_id = raw_id if isinstance(raw_id, str) and raw_id else None
     kind_key = next((entry for entry in _KINDS if entry[0] in obj), None)
@@ -505,8 +505,7 @@ def decode(
             obj, envelope_id, None,
         )
     key, kind, decoder = kind_key
-    # Counting brackets is C-speed; walk the tree only when it could be too deep.
-    if _bracket_count(data) > max_depth and _too_deep(obj, max_depth):
+    if too_deep:
         raise _error(f"$: nesting deeper than {max_depth} levels", obj, envelope_id, kind)
     if obj[key] is None:
         raise _error(f"$.{key}: must not be null", obj, envelope_id, kind)
@@ -515,8 +514,7 @@ def decode(
         envelope = decoder(reader)
     except EnvelopeValidationError as exc:
         raise _error(f"$: {exc}", obj, envelope_id, kind) from None
-    raw = bytes(data) if isinstance(data, memoryview) else data
-    if _LONG_DIGITS.search(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw):
+    if long_digits:  # after the fields, so a field's own error keeps its path
         _check_integer_range(raw, obj, envelope_id, kind)
     return envelope
 
@@ -528,8 +526,7 @@ _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 def _check_integer_range(
-    data: bytes | bytearray | str, obj: dict[str, Any], envelope_id: str | None,
-    kind: str,
+    raw: bytes | bytearray, obj: dict[str, Any], envelope_id: str | None, kind: str
 ) -> None:
     def exact(text: str) -> int:
         value = int(text)
@@ -537,18 +534,11 @@ def _check_integer_range(
             raise ValueError(text)
         return value
 
-    text = data if isinstance(data, str) else bytes(data).decode("utf-8")
     try:
-        json.loads(text, parse_int=exact)
+        json.loads(raw, parse_int=exact)
     except ValueError:
         raise _error(
             "$: integer beyond 64 bits (it cannot be represented exactly)", obj, envelope_id, kind
         ) from None
 
-
-def _bracket_count(data: bytes | bytearray | memoryview | str) -> int:
-    if isinstance(data, str):
-        return data.count("{") + data.count("[")
-    raw = bytes(data) if isinstance(data, memoryview) else data
-    return raw.count(b"{") + raw.count(b"[")
 
