@@ -775,14 +775,9 @@ def _write_file(file: Path, text: str, mode: int, *, overwrite: bool) -> None:
     hard-linked to it, which fails if ``file`` exists. Raises KeyFileError.
     """
     temp = file.with_name(f".{file.name}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(temp, flags, mode)
+        _create_exclusive(temp, text, mode)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(text.encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
             if overwrite:
                 os.replace(temp, file)
             else:
@@ -798,6 +793,20 @@ def _write_file(file: Path, text: str, mode: int, *, overwrite: bool) -> None:
         raise KeyFileError(f"cannot write {file}: {exc.strerror or exc}") from None
 
 
+def _create_exclusive(file: Path, text: str, mode: int) -> None:
+    """Create ``file`` (never an existing one) with ``mode`` from the start, write, sync."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(file, flags, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        file.unlink(missing_ok=True)
+        raise
+
+
 def _link_new(temp: Path, file: Path, mode: int, text: str) -> None:
     """Give ``temp`` the name ``file`` only if nothing has that name (atomic no-clobber)."""
     try:
@@ -807,13 +816,4 @@ def _link_new(temp: Path, file: Path, mode: int, text: str) -> None:
     except OSError:
         # Some filesystems have no hard links: fall back to creating the file in place, still
         # exclusively and with its mode from the start.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(file, flags, mode)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(text.encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            file.unlink(missing_ok=True)
-            raise
+        _create_exclusive(file, text, mode)
