@@ -201,6 +201,30 @@ async def test_plugin_failure_is_101_without_traceback_and_logged_with_one(
     assert "Traceback" in caplog.text
 
 
+async def test_nan_and_infinity_from_plugin_code_are_101_not_silence(keys: Keys) -> None:
+    # orjson writes NaN as null; the codec refuses it, so such a sample could never be sent.
+    @parameter()
+    def nan() -> float:
+        return float("nan")
+
+    level = Parameter("level", value=1.0, writable=True)
+
+    @level.setter
+    def set_level(value: float) -> float:
+        return float("inf")
+
+    async with running_server([nan, level], keys, "memory") as server:
+        alice = await client(server, keys, keys.alice)
+        assert (await failure(alice.get("/params/nan"))).reason.code == (
+            ReasonCode.APPLICATION_ERROR
+        )
+        assert (await failure(alice.set("/params/level", 2.0))).reason.code == (
+            ReasonCode.APPLICATION_ERROR
+        )
+        assert (await alice.get("/params/level")).resource["value"] == 1.0
+        await alice.finish()
+
+
 async def test_a_repeated_set_is_applied_once(keys: Keys, kind: str) -> None:
     calls = Calls()
     async with running_server(station(calls).values(), keys, kind) as server:
