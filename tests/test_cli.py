@@ -257,7 +257,7 @@ def test_monitor_prints_timestamped_updates(site: Site, served: ServerProcess) -
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 3
-    assert all(re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z  temperature  20\.\d+$", li) for li in lines)
+    assert all(re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z  temperature  \d+\.\d+$", li) for li in lines)
 
 
 def test_monitor_output_reports_drops_gaps_and_restarts(
