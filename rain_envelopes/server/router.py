@@ -124,7 +124,8 @@ class Router(Generic[H]):
         query: Mapping[str, list[str]] | None = None,
     ) -> ResolvedRoute[H]:
         """Like :meth:`resolve` for a path already split by :func:`split_uri`."""
-        verb = CommandMethod(str(method).lower())
+        # The server passes the decoded command's member: an enum lookup costs ~1 us per request.
+        verb = method if isinstance(method, CommandMethod) else CommandMethod(str(method).lower())
         for route in self._routes:
             found = route.regex.match(path)
             if found is None:
