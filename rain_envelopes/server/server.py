@@ -193,9 +193,11 @@ class Server:
         self._listeners: list[TransportListener] = []
         self._owned_listeners: list[TransportListener] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._recent: OrderedDict[tuple[str, str], asyncio.Future[Command]] = OrderedDict()
-        # What each remembered set asked for: a reused id with another request is refused.
-        self._fingerprints: dict[tuple[str, str], bytes] = {}
+        # Remembered sets: (identity, id) -> (what it asked for, its answer). A reused id with
+        # another request is refused.
+        self._recent: OrderedDict[
+            tuple[str, str], tuple[bytes, asyncio.Future[Command]]
+        ] = OrderedDict()
         self._executor: ThreadPoolExecutor | None = None
         self._runtime: PluginRuntime | None = None
         self._started = False
@@ -478,11 +480,10 @@ class Server:
             if name in self._live:
                 param._bind(None)
         self._live.clear()
-        for future in self._recent.values():
+        for _, future in self._recent.values():
             if not future.done():
                 future.cancel()
         self._recent.clear()
-        self._fingerprints.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             try:
@@ -562,9 +563,10 @@ class Server:
         fingerprint = orjson.dumps(
             [command.uri, command.type, command.resource], option=orjson.OPT_SORT_KEYS
         )
-        first = self._recent.get(key)
-        if first is not None:
-            if self._fingerprints.get(key) != fingerprint:
+        remembered = self._recent.get(key)
+        if remembered is not None:
+            first_fingerprint, first = remembered
+            if first_fingerprint != fingerprint:
                 return command.failure(
                     ReasonCode.COMMAND_INVALID_ARGUMENT,
                     f"command id {command.id} was already used for another set",
@@ -572,11 +574,9 @@ class Server:
             log.info("repeated set %s from %s answered once", command.id, request.identity)
             return self._replay(command, first)
         future: asyncio.Future[Command] = asyncio.get_running_loop().create_future()
-        self._recent[key] = future
-        self._fingerprints[key] = fingerprint
+        self._recent[key] = (fingerprint, future)
         while len(self._recent) > self.limits.dedup_window:
-            old_key, old = self._recent.popitem(last=False)
-            self._fingerprints.pop(old_key, None)
+            _, (_, old) = self._recent.popitem(last=False)
             if not old.done():
                 old.cancel()
         return self._remember(request, handler, key, future)
@@ -598,13 +598,11 @@ class Server:
             response = command.failure(exc.code, exc.description)
         except BaseException:
             self._recent.pop(key, None)
-            self._fingerprints.pop(key, None)
             if not future.done():
                 future.cancel()
             raise
         if response is None:
             self._recent.pop(key, None)
-            self._fingerprints.pop(key, None)
             future.cancel()
         elif not future.done():
             future.set_result(response)
