@@ -31,7 +31,6 @@ parameters and wait (bounded) for plugin threads to return.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
@@ -130,6 +129,11 @@ def _expired(command: Command) -> None:
         moment = moment.replace(tzinfo=UTC)
     if moment <= datetime.now(UTC):
         raise ParameterError(f"command expired at {expires}", code=ReasonCode.COMMAND_EXPIRED)
+
+
+async def _handle(handler: Handler, request: Request) -> Response:
+    result = handler(request)
+    return result if isinstance(result, Command) else await result
 
 
 def _value_of(command: Command) -> Any:
@@ -539,11 +543,9 @@ class Server:
         except Exception:
             log.exception("handling %s %s failed", command.method, command.uri)
             return command.failure(ReasonCode.GENERAL_ERROR, "internal server error")
-        if result is None or isinstance(result, Command):
+        if isinstance(result, Command):
             return result
-        if inspect.isawaitable(result):
-            return self._complete(command, result)
-        return result
+        return self._complete(command, result)
 
     async def _complete(self, command: Command, pending: Awaitable[Response]) -> Response:
         try:
@@ -590,12 +592,8 @@ class Server:
     ) -> Response:
         command = request.command
         try:
-            result = handler(request)
-            response = await self._complete(command, result) if inspect.isawaitable(result) else (
-                result
-            )
-        except ParameterError as exc:
-            response = command.failure(exc.code, exc.description)
+            # Through _complete, so a set's refusals and errors are answered as any other's.
+            response = await self._complete(command, _handle(handler, request))
         except BaseException:
             self._recent.pop(key, None)
             if not future.done():

@@ -225,6 +225,25 @@ async def test_nan_and_infinity_from_plugin_code_are_101_not_silence(keys: Keys)
         await alice.finish()
 
 
+async def test_a_server_fault_in_a_set_is_answered_1_like_any_other_request(
+    keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    level = Parameter("level", value=1, writable=True)
+
+    def fault(value: Any) -> None:
+        raise RuntimeError("a bug in the server, not in plugin code")
+
+    monkeypatch.setattr(level, "validate", fault)
+    async with running_server([level], keys, "memory") as server:
+        alice = await client(server, keys, keys.alice)
+        # The client gives every set an id, so this one goes through the repeated-set memory.
+        refused = await failure(alice.set("/params/level", 2))
+        assert (refused.reason.code, refused.reason.description) == (
+            ReasonCode.GENERAL_ERROR, "internal server error"
+        )
+        await alice.finish()
+
+
 async def test_a_repeated_set_is_applied_once(keys: Keys, kind: str) -> None:
     calls = Calls()
     async with running_server(station(calls).values(), keys, kind) as server:
