@@ -534,10 +534,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .server.config import configure_logging
 
     config = load_config(args.config)
+    if not config.listen:  # a config error: before any key is read or plugin code runs
+        raise CliError(f"{args.config}: listen: expected at least one endpoint", EXIT_USAGE)
     configure_logging(config.logging, verbose=args.verbose)
     server = Server.from_config(config)
-    if not config.listen:
-        raise CliError(f"{args.config}: listen: expected at least one endpoint", EXIT_USAGE)
 
     async def serve() -> int:
         loop = asyncio.get_running_loop()

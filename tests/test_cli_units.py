@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rain_envelopes.cli import _server_key
+from rain_envelopes.cli import EXIT_USAGE, _server_key, main
 from rain_envelopes.errors import ConfigError
 from rain_envelopes.keys import Identity, KnownHosts
 from rain_envelopes.server.config import parse_config
@@ -43,3 +43,18 @@ def test_a_secured_listener_without_a_key_file_is_refused_naming_key_file(tmp_pa
         parse_config(raw, base=tmp_path)
     # Explicitly insecure (loopback tests) needs no key.
     parse_config({**raw, "insecure": True}, base=tmp_path)
+
+
+def test_serve_refuses_a_config_without_listen_before_running_plugin_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "plugins").mkdir()
+    ran = tmp_path / "plugin-ran"
+    (tmp_path / "plugins" / "instrument.py").write_text(
+        f"from pathlib import Path\nPath({str(ran)!r}).touch()\n"
+    )
+    config = tmp_path / "rain.toml"
+    config.write_text('identity = "station@irf"\nplugins = "plugins"\ninsecure = true\n')
+    assert main(["serve", str(config)]) == EXIT_USAGE
+    assert f"{config}: listen: expected at least one endpoint" in capsys.readouterr().err
+    assert not ran.exists()
