@@ -59,7 +59,6 @@ from .keys import (
     parse_public_key,
 )
 from .node import Node
-from .server.samples import SAMPLE_TYPE
 from .transport import transport_factory
 
 __all__ = ["EXIT_ACCESS", "EXIT_AUTH", "EXIT_FAILED", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
@@ -321,6 +320,8 @@ async def _cmd_set(args: argparse.Namespace) -> int:
         uri = _uri(args.uri)
         if value is None:
             # LIME omits null fields, so a bare null would arrive as "no value": wrap it.
+            from .server.samples import SAMPLE_TYPE  # here: the server package is slow to import
+
             response = await channel.set(uri, {"value": None}, type=SAMPLE_TYPE)
         else:
             response = await channel.set(uri, value)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,9 @@ def test_serve_refuses_a_config_without_listen_before_running_plugin_code(
     assert main(["serve", str(config)]) == EXIT_USAGE
     assert f"{config}: listen: expected at least one endpoint" in capsys.readouterr().err
     assert not ran.exists()
+
+
+def test_client_commands_do_not_import_the_server() -> None:
+    # rain get/set/list/ping/monitor start faster without fastjsonschema, tomllib and the rest.
+    check = "import sys, rain_envelopes.cli; assert 'rain_envelopes.server' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
