@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from rain_envelopes.keys import AuthorizedKeys, Identity
-from rain_transport_zmq import ZmqOptions, ZmqTransport, ZmqTransportListener
+from rain_transport_zmq import ZmqOptions, ZmqPeerTransport, ZmqTransport, ZmqTransportListener
 
 T = TypeVar("T")
 
@@ -81,6 +81,13 @@ async def listening(
         yield listener
     finally:
         await bounded(listener.close())
+
+
+async def accept_peer(listener: ZmqTransportListener) -> ZmqPeerTransport:
+    """The listener's next peer, within ``STEP``; it must be a ZeroMQ peer transport."""
+    peer = await bounded(listener.accept())
+    assert isinstance(peer, ZmqPeerTransport)
+    return peer
 
 
 def client_for(

@@ -13,9 +13,9 @@ import pytest
 
 from rain_envelopes.errors import TransportClosed
 from rain_envelopes.keys import AuthorizedKeys, Identity
-from rain_transport_zmq import ZmqPeerTransport, ZmqTransport
+from rain_transport_zmq import ZmqTransport
 
-from .helpers import Stopwatch, bounded, listening, port_of
+from .helpers import Stopwatch, accept_peer, bounded, listening, port_of
 
 FAST_HEARTBEATS = {"heartbeat_ivl": 0.1, "heartbeat_timeout": 0.3, "heartbeat_ttl": 0.3}
 
@@ -78,8 +78,7 @@ async def test_silent_link_is_noticed_by_heartbeats_on_both_ends(
                 options=FAST_HEARTBEATS,
             )
             await bounded(client.open())
-            peer = await bounded(listener.accept())
-            assert isinstance(peer, ZmqPeerTransport)
+            peer = await accept_peer(listener)
             await bounded(client.send(b"ping"))
             assert await bounded(peer.receive()) == b"ping"
 

@@ -12,18 +12,13 @@ import zmq
 
 from rain_envelopes.errors import ConfigError, QueueFull, TransportClosed, TransportError
 from rain_envelopes.keys import AuthorizedKeys, Identity
-from rain_transport_zmq import ZmqOptions, ZmqPeerTransport, ZmqTransport, ZmqTransportListener
+from rain_transport_zmq import ZmqOptions, ZmqTransport, ZmqTransportListener
 from rain_transport_zmq._io import int_option
 
-from .helpers import LogWatcher, Stopwatch, bounded, client_for, listening
+from .helpers import LogWatcher, Stopwatch, accept_peer, bounded, client_for, listening
 
 KIB = 1024
 
-
-async def _accept_peer(listener: ZmqTransportListener) -> ZmqPeerTransport:
-    peer = await bounded(listener.accept())
-    assert isinstance(peer, ZmqPeerTransport)
-    return peer
 
 
 async def test_oversized_frame_disconnects_its_sender_and_the_server_keeps_serving(
@@ -33,9 +28,9 @@ async def test_oversized_frame_disconnects_its_sender_and_the_server_keeps_servi
         flooder = client_for(listener, client_identity, server_identity)
         other = client_for(listener, client_identity, server_identity)
         await bounded(flooder.open())
-        flooder_peer = await _accept_peer(listener)
+        flooder_peer = await accept_peer(listener)
         await bounded(other.open())
-        other_peer = await _accept_peer(listener)
+        other_peer = await accept_peer(listener)
 
         limit = ZmqOptions().server_max_message_size
         await bounded(flooder.send(b"x" * (limit + 1)))
@@ -67,7 +62,7 @@ async def test_send_to_a_full_peer_raises_queue_full_and_loses_nothing(
             options={"client_rcvhwm": 4, "client_receive_buffer": 4, "tcp_rcvbuf": 64 * KIB},
         )
         await bounded(client.open())
-        peer = await _accept_peer(listener)
+        peer = await accept_peer(listener)
         frame = b"z" * (64 * KIB)
         accepted = refused = 0
         messages: set[str] = set()
@@ -100,7 +95,7 @@ async def test_a_peer_far_ahead_of_its_session_has_its_link_closed(
     async with listening(server_identity, authorized_keys, options=options) as listener:
         client = client_for(listener, client_identity, server_identity)
         await bounded(client.open())
-        peer = await _accept_peer(listener)
+        peer = await accept_peer(listener)
         for n in range(50):
             await bounded(client.send(b"%d" % n))
         await log_watcher.wait_for("frames ahead of its session")
@@ -121,7 +116,7 @@ async def test_client_stops_reading_ahead_when_its_buffer_is_full(
             listener, client_identity, server_identity, options={"client_receive_buffer": 5}
         )
         await bounded(client.open())
-        peer = await _accept_peer(listener)
+        peer = await accept_peer(listener)
         for n in range(100):
             await peer.send(b"%d" % n)
         await bounded(peer.send(b"last"))
@@ -143,7 +138,7 @@ async def test_client_link_closes_when_the_server_goes_away(
     await bounded(listener.start())
     client = client_for(listener, client_identity, server_identity)
     await bounded(client.open())
-    await _accept_peer(listener)
+    await accept_peer(listener)
     pending = asyncio.ensure_future(client.receive())
     await listener.close()
     with pytest.raises(TransportClosed, match="lost"):
@@ -247,7 +242,7 @@ async def test_listeners_and_clients_release_sockets_and_tasks(
                     context=context,
                 )
                 await bounded(client.open())
-                peer = await _accept_peer(listener)
+                peer = await accept_peer(listener)
                 await bounded(client.send(b"x"))
                 assert await bounded(peer.receive()) == b"x"
                 await client.close()
@@ -273,7 +268,7 @@ async def test_concurrent_starts_and_receives(
         assert len(listener.endpoints) == 1
         client = client_for(listener, client_identity, server_identity)
         await bounded(asyncio.gather(client.open(), client.open()))
-        peer = await _accept_peer(listener)
+        peer = await accept_peer(listener)
         readers = asyncio.gather(peer.receive(), peer.receive())
         await bounded(client.send(b"one"))
         await bounded(client.send(b"two"))

@@ -29,7 +29,16 @@ from rain_transport_zmq import (
 )
 from rain_transport_zmq.security import ZapDecision
 
-from .helpers import STEP, LogWatcher, Stopwatch, bounded, client_for, listening, port_of
+from .helpers import (
+    STEP,
+    LogWatcher,
+    Stopwatch,
+    accept_peer,
+    bounded,
+    client_for,
+    listening,
+    port_of,
+)
 
 
 async def _echo(transport: ZmqPeerTransport) -> None:
@@ -47,11 +56,6 @@ async def _exchange(client: ZmqTransport, payload: bytes) -> None:
     assert await bounded(client.receive()) == b"re:" + payload
 
 
-async def _accept_peer(listener: ZmqTransportListener) -> ZmqPeerTransport:
-    peer = await bounded(listener.accept())
-    assert isinstance(peer, ZmqPeerTransport)
-    return peer
-
 
 # ------------------------------------------------------------------------------ keys
 
@@ -62,7 +66,7 @@ async def test_50_unknown_keys_refused_while_an_authorised_client_keeps_working(
     async with listening(server_identity, authorized_keys) as listener:
         good = client_for(listener, client_identity, server_identity)
         await bounded(good.open())
-        peer = await _accept_peer(listener)
+        peer = await accept_peer(listener)
         echo = asyncio.create_task(_echo(peer))
         strangers = [client_for(listener, Identity.generate(), server_identity) for _ in range(50)]
         storm = asyncio.gather(*(bounded(s.open()) for s in strangers), return_exceptions=True)
@@ -170,7 +174,7 @@ async def test_peer_identity_is_the_proven_key_whatever_the_routing_id(
             sock.connect(listener.endpoints[0])
             await sock.send_multipart([b"", b"hello"])
             await sock.send(b"I am the admin")
-            peer = await _accept_peer(listener)
+            peer = await accept_peer(listener)
             assert peer.routing_id == misleading
             assert peer.peer_identity == client_identity.public_key_text
             assert peer.peer_identity != admin.public_key_text
@@ -214,7 +218,7 @@ async def test_frame_with_another_user_id_than_its_transport_is_dropped(
     bob_id = zmq.utils.z85.encode(other.curve_keypair()[0]).decode()
     listener._started = True
     listener._on_hello(b"rid-1", alice_id, "127.0.0.1", None)
-    peer = await _accept_peer(listener)
+    peer = await accept_peer(listener)
     listener._on_data(b"rid-1", bob_id, b"from bob")
     listener._on_data(b"rid-1", alice_id, b"from alice")
     assert await bounded(peer.receive()) == b"from alice"
@@ -330,7 +334,7 @@ async def test_secure_links_report_curve(
     async with listening(server_identity, authorized_keys) as listener:
         client = client_for(listener, client_identity, server_identity)
         await bounded(client.open())
-        peer = await _accept_peer(listener)
+        peer = await accept_peer(listener)
         assert client.encryption == peer.encryption == "curve"
         assert peer.peer_address == "127.0.0.1"
         await client.close()
@@ -364,7 +368,7 @@ async def test_cidr_allowlist_by_source_address(
         client = client_for(listener, client_identity, server_identity, endpoint=endpoint)
         if admitted:
             await bounded(client.open())
-            peer = await _accept_peer(listener)
+            peer = await accept_peer(listener)
             assert peer.peer_address == source
             await client.close()
         else:
@@ -399,7 +403,7 @@ async def test_ipv4_mapped_peer_on_an_ipv6_socket(
         client = client_for(listener, client_identity, server_identity, endpoint=endpoint)
         if admitted:
             await bounded(client.open())
-            peer = await _accept_peer(listener)
+            peer = await accept_peer(listener)
             assert peer.peer_address == "127.0.0.1"  # folded from ::ffff:127.0.0.1
             await client.close()
         else:
@@ -422,9 +426,9 @@ async def test_revoked_key_loses_its_live_link_within_a_second(
         alice_link = client_for(listener, client_identity, server_identity)
         bob_link = client_for(listener, bob, server_identity)
         await bounded(alice_link.open())
-        alice_peer = await _accept_peer(listener)
+        alice_peer = await accept_peer(listener)
         await bounded(bob_link.open())
-        bob_peer = await _accept_peer(listener)
+        bob_peer = await accept_peer(listener)
         echo = asyncio.create_task(_echo(bob_peer))
         await _exchange(bob_link, b"before")
         alice_waiting = asyncio.ensure_future(alice_link.receive())
@@ -461,7 +465,7 @@ async def test_frames_of_a_key_revoked_behind_the_listeners_back_are_refused(
     async with listening(server_identity, keys) as listener:
         client = client_for(listener, client_identity, server_identity)
         await bounded(client.open())
-        peer = await _accept_peer(listener)
+        peer = await accept_peer(listener)
         AuthorizedKeys().save(keys_file)
         keys.reload()  # not listener.reload_keys(): every frame re-checks its key anyway
         await bounded(client.send(b"set /params/valve open"))
@@ -479,7 +483,7 @@ async def test_close_peer_closes_every_link_of_a_key(
         clients = [client_for(listener, client_identity, server_identity) for _ in range(3)]
         for client in clients:
             await bounded(client.open())
-            await _accept_peer(listener)
+            await accept_peer(listener)
         assert await listener.close_peer(client_identity.public_key_text) == 3
         for client in clients:
             with pytest.raises(TransportClosed):
