@@ -26,7 +26,7 @@ from rain_envelopes import (
     transport_factory,
 )
 
-STEP = 5.0
+from .helpers import STEP
 
 
 def _echo(command: Command) -> Command:
@@ -71,35 +71,23 @@ async def serving(
         await listener.close()
 
 
-@pytest.fixture
-def station() -> Identity:
-    return Identity.generate()
-
-
-@pytest.fixture
-def alice() -> Identity:
-    return Identity.generate()
-
-
-@pytest.fixture
-def keys(alice: Identity) -> AuthorizedKeys:
-    return AuthorizedKeys.from_mapping({alice.public_key_text: "alice@irf"})
-
-
 async def test_remote_node_is_the_proven_identity_whatever_the_client_claims(
-    station: Identity, alice: Identity, keys: AuthorizedKeys
+    server_identity: Identity, client_identity: Identity, authorized_keys: AuthorizedKeys
 ) -> None:
-    async with serving(station, keys) as (endpoint, established):
+    async with serving(server_identity, authorized_keys) as (endpoint, established):
         async with asyncio.timeout(STEP):
             client = await connect(
-                endpoint, identity=alice, server_key=station.public_key, node="root@irf/lab"
+                endpoint,
+                identity=client_identity,
+                server_key=server_identity.public_key,
+                node="root@irf/lab",
             )
             server = await established.get()
         try:
             assert server.remote_identity == "alice@irf"
             assert server.remote_node == Node("alice", "irf", "lab")
             assert client.local_node == Node("alice", "irf", "lab")
-            assert server.remote_key == alice.public_key
+            assert server.remote_key == client_identity.public_key
             assert client.session is not None
             assert client.session.from_ == Node.parse("station@irf/main")
         finally:
@@ -107,16 +95,18 @@ async def test_remote_node_is_the_proven_identity_whatever_the_client_claims(
 
 
 async def test_authorised_commands_go_on_during_a_storm_of_50_unknown_keys(
-    station: Identity, alice: Identity, keys: AuthorizedKeys
+    server_identity: Identity, client_identity: Identity, authorized_keys: AuthorizedKeys
 ) -> None:
-    async with serving(station, keys) as (endpoint, _established):
+    async with serving(server_identity, authorized_keys) as (endpoint, _established):
         async with asyncio.timeout(STEP):
-            client = await connect(endpoint, identity=alice, server_key=station.public_key)
+            client = await connect(
+                endpoint, identity=client_identity, server_key=server_identity.public_key
+            )
 
         async def stranger() -> BaseException | None:
             try:
                 channel = await connect(
-                    endpoint, identity=Identity.generate(), server_key=station.public_key,
+                    endpoint, identity=Identity.generate(), server_key=server_identity.public_key,
                     establish_timeout=STEP,
                 )
             except TransportSecurityError as exc:
@@ -145,26 +135,29 @@ async def test_authorised_commands_go_on_during_a_storm_of_50_unknown_keys(
 
 
 async def test_a_wrong_pinned_server_key_is_reported_within_the_timeout(
-    station: Identity, alice: Identity, keys: AuthorizedKeys
+    server_identity: Identity, client_identity: Identity, authorized_keys: AuthorizedKeys
 ) -> None:
     impostor_key = Identity.generate().public_key
-    async with serving(station, keys) as (endpoint, _established):
+    async with serving(server_identity, authorized_keys) as (endpoint, _established):
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(TransportSecurityError, match="server key"):
-            await connect(endpoint, identity=alice, server_key=impostor_key, establish_timeout=3)
+            await connect(
+                endpoint, identity=client_identity, server_key=impostor_key, establish_timeout=3
+            )
         assert loop.time() - started < 3
 
 
 async def test_channel_reports_curve_and_the_transport_scheme(
-    station: Identity, alice: Identity, keys: AuthorizedKeys
+    server_identity: Identity, client_identity: Identity, authorized_keys: AuthorizedKeys
 ) -> None:
-    async with serving(station, keys) as (endpoint, established):
+    async with serving(server_identity, authorized_keys) as (endpoint, established):
         factory = transport_factory(endpoint)
         transport = factory.connect(
-            endpoint, ClientSecurity(identity=alice, server_key=station.public_key)
+            endpoint,
+            ClientSecurity(identity=client_identity, server_key=server_identity.public_key),
         )
-        client = ClientChannel(transport, identity=alice)
+        client = ClientChannel(transport, identity=client_identity)
         async with asyncio.timeout(STEP):
             await client.establish_session()
             server = await established.get()
@@ -172,6 +165,6 @@ async def test_channel_reports_curve_and_the_transport_scheme(
             assert transport.encryption.value == "curve"
             # CURVE already proved the key, so the cheaper `transport` scheme was chosen.
             assert server.remote_identity == "alice@irf"
-            assert server.remote_key == alice.public_key
+            assert server.remote_key == client_identity.public_key
         finally:
             await client.finish()
