@@ -66,3 +66,13 @@ def test_client_commands_do_not_import_the_server() -> None:
     # rain get/set/list/ping/monitor start faster without fastjsonschema, tomllib and the rest.
     check = "import sys, rain_envelopes.cli; assert 'rain_envelopes.server' not in sys.modules"
     subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
+
+
+def test_the_config_refuses_an_allowlist_entry_the_transport_would_refuse(tmp_path: Path) -> None:
+    # 10.0.0.1/8 has host bits set: the listener refuses it, so the config must too, at load.
+    (tmp_path / "authorized_keys").write_text("")
+    raw = {"identity": "station@irf", "listen": [ENDPOINT], "insecure": True,
+           "allow": ["127.0.0.1/32", "10.0.0.1/8"]}
+    with pytest.raises(ConfigError, match=r"allow\[1\]"):
+        parse_config(raw, base=tmp_path)
+    parse_config({**raw, "allow": ["127.0.0.1/32", "10.0.0.0/8", "::1"]}, base=tmp_path)

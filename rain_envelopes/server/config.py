@@ -32,7 +32,6 @@ silently ignored is worse than a refusal to start.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import logging
 import tomllib
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..allowlist import parse_allowlist
 from ..errors import ConfigError
 from ..node import Node
 from .access import AccessRule
@@ -243,11 +243,13 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: str = "config") 
             )
     allow = check.strings(raw.get("allow", []), "allow")
     for index, network in enumerate(allow):
+        # The same parser the transport enforces with, so what loads here also serves.
         try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
+            parse_allowlist([network])
+        except ConfigError:
             raise check.fail(
-                f"allow[{index}]", f"expected an IP network such as 10.0.0.0/8, got {network!r}"
+                f"allow[{index}]",
+                f"expected an IP network such as 10.0.0.0/8 (no host bits set), got {network!r}",
             ) from None
 
     config = ServerConfig(
