@@ -26,12 +26,12 @@ from concurrent.futures import Executor
 from datetime import datetime
 from typing import Any
 
-from ..codec import encode
-from ..envelopes import Command, CommandMethod, ReasonCode
+from ..codec import check_value
+from ..envelopes import ReasonCode
 from ..errors import EnvelopeValidationError
 from .errors import ParameterError
 from .parameters import Func, Parameter
-from .samples import SAMPLE_TYPE, Sample, format_timestamp, utc_now
+from .samples import Sample, format_timestamp, utc_now
 from .subscriptions import Subscription
 
 __all__ = ["LiveParameter", "PluginRuntime"]
@@ -103,8 +103,9 @@ class LiveParameter:
         """
         try:
             # The codec's rules, not orjson's alone: orjson writes NaN and Infinity as null, but
-            # no envelope may carry them, so such a sample would never reach anyone.
-            encode(Command(CommandMethod.OBSERVE, "/", type=SAMPLE_TYPE, resource={"value": value}))
+            # no envelope may carry them, so such a sample would never reach anyone. The value
+            # sits one level down in the sample document.
+            check_value({"value": value})
         except EnvelopeValidationError as exc:
             raise ParameterError(
                 f"{self.name}: the plugin produced a value that is not JSON ({exc})",
