@@ -14,7 +14,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -49,6 +49,7 @@ from rain_envelopes.keys import AuthorizedKeys, Identity
 from rain_envelopes.node import Node
 from rain_envelopes.protocol import ClientProtocol, NodeRegistry
 from rain_envelopes.transport import Transport, memory_transport_pair, transport_factory
+from tests.passthrough import PassThroughTransport
 
 SERVER_NODE = "srv@irf/main"
 ALICE_NODE = "alice@irf/lab"
@@ -619,12 +620,27 @@ async def test_get_ping_is_answered_by_the_channel_not_the_application() -> None
         assert seen == []
 
 
-class MutableTransport(Transport):
-    """Wraps a transport; once ``muted``, drops every frame it is asked to send. Counts the
-    ``get /ping`` requests it receives."""
+W = TypeVar("W", bound=PassThroughTransport)
+
+
+def wrapping(kind: type[W]) -> tuple[list[W], Callable[[Transport], Transport]]:
+    """``(wrapped, wrap)``: ``wrap`` for ``channels(wrap_server=...)``, which puts the server's
+    transport inside a ``kind`` and keeps it in ``wrapped`` for the test to reach."""
+    wrapped: list[W] = []
+
+    def wrap(transport: Transport) -> Transport:
+        wrapped.append(kind(transport))
+        return wrapped[-1]
+
+    return wrapped, wrap
+
+
+class MutableTransport(PassThroughTransport):
+    """Once ``muted``, drops every frame it is asked to send. Counts the ``get /ping`` requests
+    it receives."""
 
     def __init__(self, inner: Transport) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.muted = False
         self.pings = 0
         self.pinged = asyncio.Event()
@@ -640,21 +656,9 @@ class MutableTransport(Transport):
             self.pinged.set()
         return data
 
-    async def close(self) -> None:
-        await self.inner.close()
-
-    @property
-    def closed(self) -> bool:
-        return self.inner.closed
-
 
 async def test_idle_ping_keeps_an_answering_peer() -> None:
-    wrapped: list[MutableTransport] = []
-
-    def wrap(transport: Transport) -> Transport:
-        wrapped.append(MutableTransport(transport))
-        return wrapped[0]
-
+    wrapped, wrap = wrapping(MutableTransport)
     options = {"ping_interval": 0.05, "ping_timeout": 1.0}
     async with channels(wrap_server=wrap, client_options=options) as (client, _server):
         server_end = wrapped[0]
@@ -666,12 +670,7 @@ async def test_idle_ping_keeps_an_answering_peer() -> None:
 
 
 async def test_idle_ping_ends_a_session_whose_peer_went_silent() -> None:
-    wrapped: list[MutableTransport] = []
-
-    def wrap(transport: Transport) -> Transport:
-        wrapped.append(MutableTransport(transport))
-        return wrapped[0]
-
+    wrapped, wrap = wrapping(MutableTransport)
     options = {"ping_interval": 0.2, "ping_timeout": 0.2}
     async with channels(wrap_server=wrap, client_options=options) as (client, _server):
         wrapped[0].muted = True  # the server still reads, but nothing it says arrives
@@ -1097,11 +1096,11 @@ async def test_server_channel_exposes_the_key_the_client_proved() -> None:
         await guest_server.close()
 
 
-class _FullOnce(Transport):
-    """Wraps a transport; the first send after ``arm()`` raises QueueFull (a peer not reading)."""
+class _FullOnce(PassThroughTransport):
+    """The first send after ``arm()`` raises QueueFull (a peer not reading)."""
 
     def __init__(self, inner: Transport) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.armed = False
 
     def arm(self) -> None:
@@ -1113,24 +1112,9 @@ class _FullOnce(Transport):
             raise QueueFull("peer queue full")
         await self.inner.send(data)
 
-    async def receive(self) -> bytes:
-        return await self.inner.receive()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    @property
-    def closed(self) -> bool:
-        return self.inner.closed
-
 
 async def test_a_full_peer_queue_drops_one_frame_keeps_the_rest_and_the_session() -> None:
-    wrapped: list[_FullOnce] = []
-
-    def wrap(transport: Transport) -> Transport:
-        wrapped.append(_FullOnce(transport))
-        return wrapped[0]
-
+    wrapped, wrap = wrapping(_FullOnce)
     receipts: asyncio.Queue[Notification] = asyncio.Queue()
     async with channels(wrap_server=wrap) as (client, server):
         server.on_message = lambda message: None

@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
-from rain_envelopes.envelopes import SessionCompression, SessionEncryption
 from rain_envelopes.transport import Transport
+from tests.passthrough import PassThroughTransport
 
 
-class StallableTransport(Transport):
+class StallableTransport(PassThroughTransport):
     """Passes everything through until ``stall()``; then ``receive`` never returns."""
 
     def __init__(self, inner: Transport) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._stalled = False
         self._never = asyncio.Event()
 
-    @property  # type: ignore[override]
-    def encryption(self) -> SessionEncryption:
-        return self.inner.encryption
-
-    @property  # type: ignore[override]
-    def compression_options(self) -> tuple[SessionCompression, ...]:
-        return self.inner.compression_options
-
     def stall(self) -> None:
         self._stalled = True
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def send(self, data: bytes) -> None:
-        await self.inner.send(data)
 
     async def receive(self) -> bytes:
         if self._stalled:
@@ -44,7 +30,3 @@ class StallableTransport(Transport):
     async def close(self) -> None:
         self._never.set()
         await self.inner.close()
-
-    @property
-    def closed(self) -> bool:
-        return self.inner.closed
