@@ -49,6 +49,7 @@ from rain_envelopes.keys import AuthorizedKeys, Identity
 from rain_envelopes.node import Node
 from rain_envelopes.protocol import ClientProtocol, NodeRegistry
 from rain_envelopes.transport import Transport, memory_transport_pair, transport_factory
+from tests.codec.corpus import CORPUS
 from tests.passthrough import PassThroughTransport
 
 SERVER_NODE = "srv@irf/main"
@@ -943,14 +944,6 @@ async def test_a_server_channel_answers_bad_input_with_a_coded_failure_and_keeps
         assert not server.closed
 
 
-def _corpus() -> list[tuple[str, bytes]] | None:
-    try:
-        from tests.codec.corpus import CORPUS
-    except ImportError:
-        return None
-    return list(CORPUS)
-
-
 def _expected_answer(data: bytes) -> tuple[str, EnvelopeDecodeError]:
     """What a server owes this bad input, from what the codec could read of it."""
     with pytest.raises(EnvelopeDecodeError) as caught:
@@ -966,9 +959,6 @@ def _expected_answer(data: bytes) -> tuple[str, EnvelopeDecodeError]:
 
 
 async def test_the_server_answers_the_whole_bad_input_corpus_and_keeps_serving() -> None:
-    corpus = _corpus()
-    if corpus is None:
-        pytest.skip("tests/codec/corpus.py (the shared bad-input corpus) is not there yet")
     endpoint = f"memory://corpus-{next(_names)}"
     factory = transport_factory(endpoint)
     listener = factory.listen([endpoint])
@@ -999,7 +989,7 @@ async def test_the_server_answers_the_whole_bad_input_corpus_and_keeps_serving()
     wrong: list[str] = []
     raw: RawClient | None = None
     try:
-        for name, data in corpus:
+        for name, data in CORPUS:
             if raw is None:
                 raw = await fresh_client()
             owed, error = _expected_answer(data)
