@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,6 +40,28 @@ def _agrees(obj: dict[str, Any]) -> None:
     assert fast == slow
     assert type(fast) is Command
     assert encode(fast) == encode(slow)
+
+
+# The commands the fast path exists for. Without this, the checks here would pass just as well
+# if the fast path declined everything: every example would then return early, unchecked.
+PLAIN_COMMANDS = {
+    "get": {"id": "c1", "method": "get", "uri": "/params/temp"},
+    "set": {"id": "c2", "method": "set", "uri": "/params/temp", "type": "application/json",
+            "resource": 21.5},
+    "success": {"id": "c1", "method": "get", "uri": "/params/temp", "status": "success",
+                "type": "application/vnd.rain.sample+json",
+                "resource": {"value": 21.5, "seq": 3, "epoch": "e"}},
+    "pending": {"id": "c3", "method": "set", "status": "pending"},
+    "observe": {"method": "observe", "uri": "/params/temp", "type": "application/json",
+                "resource": 1},
+}
+
+
+@pytest.mark.parametrize("obj", PLAIN_COMMANDS.values(), ids=PLAIN_COMMANDS.keys())
+def test_plain_commands_take_the_fast_path(obj: dict[str, Any]) -> None:
+    assert _fast_command(obj) is not None, f"the fast path declined {obj!r}"
+    _agrees(obj)
+    assert decode(orjson.dumps(obj)) == _fast_command(obj)
 
 
 @settings(max_examples=300, deadline=None)
