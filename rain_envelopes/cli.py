@@ -181,7 +181,8 @@ def _server_key(args: argparse.Namespace) -> bytes | None:
 
 
 def _secured(endpoint: str) -> bool:
-    return endpoint.split("://", 1)[0].lower() in ("tcp", "ipc")
+    # The transport says whether it needs keys; no list of schemes to keep in step here.
+    return transport_factory(endpoint).secure
 
 
 async def _open(args: argparse.Namespace) -> ClientChannel:

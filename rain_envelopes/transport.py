@@ -159,6 +159,10 @@ class ServerSecurity:
 class TransportFactory(ABC):
     """Makes transports for one family of endpoints; registered by URI scheme."""
 
+    #: True when its links are secured by default (keys proven and traffic encrypted), so a
+    #: client must bring its identity and the server's key unless it asks to be insecure.
+    secure: bool = False
+
     @abstractmethod
     def connect(
         self,

@@ -43,6 +43,8 @@ __all__ = [
 class ZmqTransportFactory(TransportFactory):
     """Makes ZeroMQ transports for ``tcp://`` and ``ipc://`` endpoints (entry point ``ZMQ``)."""
 
+    secure = True  # CURVE is on unless a caller asks for insecure
+
     def connect(
         self,
         endpoint: str,

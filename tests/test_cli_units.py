@@ -76,3 +76,18 @@ def test_the_config_refuses_an_allowlist_entry_the_transport_would_refuse(tmp_pa
     with pytest.raises(ConfigError, match=r"allow\[1\]"):
         parse_config(raw, base=tmp_path)
     parse_config({**raw, "allow": ["127.0.0.1/32", "10.0.0.0/8", "::1"]}, base=tmp_path)
+
+
+def test_transports_say_whether_they_need_keys() -> None:
+    from rain_envelopes.transport import transport_factory
+
+    assert transport_factory("tcp://127.0.0.1:1").secure
+    assert transport_factory("ipc://rain-test").secure
+    assert not transport_factory("memory://x").secure
+
+
+def test_a_config_endpoint_no_transport_handles_is_refused_naming_it(tmp_path: Path) -> None:
+    raw = {"identity": "station@irf", "listen": [ENDPOINT, "carrier-pigeon://loft"],
+           "insecure": True}
+    with pytest.raises(ConfigError, match=r"listen\[1\]"):
+        parse_config(raw, base=tmp_path)

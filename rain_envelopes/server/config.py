@@ -42,6 +42,7 @@ from typing import Any
 from ..allowlist import parse_allowlist
 from ..errors import ConfigError
 from ..node import Node
+from ..transport import transport_factory
 from .access import AccessRule
 
 __all__ = ["Limits", "LoggingConfig", "ServerConfig", "load_config", "parse_config"]
@@ -274,7 +275,13 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: str = "config") 
         raise check.fail(
             "plugins", f"expected a folder of plugin files; {config.plugins} is not one"
         )
-    secured = [e for e in listen if e.split("://", 1)[0].lower() in ("tcp", "ipc")]
+    secured = []
+    for index, endpoint in enumerate(listen):
+        try:
+            if transport_factory(endpoint).secure:
+                secured.append(endpoint)
+        except ConfigError as exc:
+            raise check.fail(f"listen[{index}]", str(exc)) from None
     if secured and not config.insecure and config.key_file is None:
         raise check.fail(
             "key_file",
