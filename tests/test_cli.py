@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import orjson
 import pytest
@@ -82,13 +83,17 @@ methods = ["set"]
 """
 
 
+def _env() -> dict[str, str]:
+    """This process's environment without RAIN_* variables, which would change what rain does."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAIN_")}
+
+
 def rain(
     *args: str, timeout: float = 20.0, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIN_")}
     return subprocess.run(
         [sys.executable, "-m", "rain_envelopes.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd,
+        capture_output=True, text=True, timeout=timeout, env=_env(), cwd=cwd,
     )
 
 
@@ -138,10 +143,9 @@ class ServerProcess:
     def __init__(self, config: Path, log: Path) -> None:
         self.log = log
         self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAIN_")}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "rain_envelopes.cli", "serve", str(config)],
-            stdout=subprocess.PIPE, stderr=self._log_file, text=True, env=env,
+            stdout=subprocess.PIPE, stderr=self._log_file, text=True, env=_env(),
         )
         assert self.process.stdout is not None
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -166,6 +170,43 @@ class ServerProcess:
             if self.process.stdout is not None:
                 self.process.stdout.close()
         return code
+
+
+class MonitorProcess:
+    """`rain monitor ENDPOINT temperature ARGS` in a subprocess, read line by line.
+
+    Each read is bounded by a timeout and fails at once if the monitor closed the stream (it
+    exited), instead of reading empty lines until the test's time limit. Use it in ``with``:
+    on the way out a monitor still running is killed and everything is released.
+    """
+
+    def __init__(self, endpoint: str, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rain_envelopes.cli", "monitor", endpoint, "temperature",
+             *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        )
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self.stdout, self.stderr = self.process.stdout, self.process.stderr
+        # Two readers: a read that timed out still holds its thread until the stream closes.
+        self._pool = concurrent.futures.ThreadPoolExecutor(2)
+
+    def line(self, stream: IO[str], timeout: float = 15) -> str:
+        line = self._pool.submit(stream.readline).result(timeout=timeout)
+        assert line, f"rain monitor closed its output (exit status {self.process.poll()})"
+        return line
+
+    def __enter__(self) -> MonitorProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(5)
+        self.stdout.close()
+        self.stderr.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 @pytest.fixture(scope="module")
@@ -403,36 +444,20 @@ def test_monitor_reports_reconnects_after_a_server_restart(tmp_path: Path) -> No
     site = make_site(tmp_path)
     first = ServerProcess(site.folder / "rain.toml", tmp_path / "first.log")
     site.write_config(port=first.port)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIN_")}
-    monitor = subprocess.Popen(
-        [sys.executable, "-m", "rain_envelopes.cli", "monitor", first.endpoint, "temperature",
-         *site.client("bob"), "--timeout", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    assert monitor.stdout is not None
-    assert monitor.stderr is not None
-    pool = concurrent.futures.ThreadPoolExecutor(2)
-    try:
-        assert "temperature" in pool.submit(monitor.stdout.readline).result(timeout=15)
+    with MonitorProcess(first.endpoint, *site.client("bob"), "--timeout", "2") as monitor:
+        assert "temperature" in monitor.line(monitor.stdout)
         assert first.stop() == 0
-        assert "lost" in pool.submit(monitor.stderr.readline).result(timeout=15)
+        assert "lost" in monitor.line(monitor.stderr)
         second = ServerProcess(site.folder / "rain.toml", tmp_path / "second.log")
         try:
             notes = []
             while not any("restarted" in note for note in notes):
-                notes.append(pool.submit(monitor.stderr.readline).result(timeout=20))
+                notes.append(monitor.line(monitor.stderr, timeout=20))
             assert any("reconnected" in note for note in notes)
         finally:
-            monitor.send_signal(signal.SIGINT)
-            assert monitor.wait(timeout=10) == 0
+            monitor.process.send_signal(signal.SIGINT)
+            assert monitor.process.wait(timeout=10) == 0
             assert second.stop() == 0
-    finally:
-        if monitor.poll() is None:
-            monitor.kill()
-        monitor.wait(5)
-        monitor.stdout.close()
-        monitor.stderr.close()
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def test_monitor_stops_with_exit_4_when_its_key_is_revoked(tmp_path: Path) -> None:
@@ -440,31 +465,17 @@ def test_monitor_stops_with_exit_4_when_its_key_is_revoked(tmp_path: Path) -> No
 
     site = make_site(tmp_path)
     server = ServerProcess(site.folder / "rain.toml", tmp_path / "server.log")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIN_")}
-    monitor = subprocess.Popen(
-        [sys.executable, "-m", "rain_envelopes.cli", "monitor", server.endpoint, "temperature",
-         *site.client("bob")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    assert monitor.stdout is not None
-    assert monitor.stderr is not None
-    pool = concurrent.futures.ThreadPoolExecutor(1)
     try:
-        assert "temperature" in pool.submit(monitor.stdout.readline).result(timeout=15)
-        AuthorizedKeys.from_mapping({
-            load_public_key(site.key("alice") + ".pub"): "alice@irf"
-        }).save(site.folder / "authorized_keys")
-        server.process.send_signal(signal.SIGHUP)
-        # It does not retry for ever: it says why and exits 4 (key problem).
-        assert monitor.wait(timeout=15) == 4
-        assert "13" in monitor.stderr.read()
+        with MonitorProcess(server.endpoint, *site.client("bob")) as monitor:
+            assert "temperature" in monitor.line(monitor.stdout)
+            AuthorizedKeys.from_mapping({
+                load_public_key(site.key("alice") + ".pub"): "alice@irf"
+            }).save(site.folder / "authorized_keys")
+            server.process.send_signal(signal.SIGHUP)
+            # It does not retry for ever: it says why and exits 4 (key problem).
+            assert monitor.process.wait(timeout=15) == 4
+            assert "13" in monitor.stderr.read()
     finally:
-        if monitor.poll() is None:
-            monitor.kill()
-        monitor.wait(5)
-        monitor.stdout.close()
-        monitor.stderr.close()
-        pool.shutdown(wait=False, cancel_futures=True)
         assert server.stop() == 0
 
 
