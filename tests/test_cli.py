@@ -12,6 +12,7 @@ import concurrent.futures
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -377,8 +378,12 @@ def test_key_problems_are_exit_4(site: Site, served: ServerProcess) -> None:
 
 
 def test_an_unreachable_server_is_exit_3(site: Site) -> None:
+    with socket.socket() as probe:  # an ephemeral port, released: nothing listens on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     started = time.monotonic()
-    done = rain("get", "tcp://127.0.0.1:9", "knob", *site.client("alice")[:-2], "--timeout", "1")
+    done = rain("get", f"tcp://127.0.0.1:{port}", "knob", *site.client("alice")[:-2],
+                "--timeout", "1")
     assert done.returncode == 3, done.stderr
     assert done.stderr.startswith("rain: error:")
     assert len(done.stderr.splitlines()) == 1
