@@ -395,10 +395,17 @@ async def test_ipv4_mapped_peer_on_an_ipv6_socket(
         return original(self, request)
 
     monkeypatch.setattr(ZapAuthenticator, "decide", spy)
+    # An IPv6 socket bound to the IPv4-mapped loopback: IPv4 clients reach it, and libzmq
+    # reports them as ::ffff:a.b.c.d, as on a dual-stack [::] bind, without listening on
+    # every interface of the machine.
     async with listening(
-        server_identity, authorized_keys, "tcp://*:0", allow=[allow], options={"ipv6": True}
+        server_identity,
+        authorized_keys,
+        "tcp://[::ffff:127.0.0.1]:0",
+        allow=[allow],
+        options={"ipv6": True},
     ) as listener:
-        assert listener.endpoints[0].startswith("tcp://[::]:")  # dual-stack bind
+        assert listener.endpoints[0].startswith("tcp://[::ffff:127.0.0.1]:")
         endpoint = f"tcp://127.0.0.1:{port_of(listener.endpoints[0])}"
         client = client_for(listener, client_identity, server_identity, endpoint=endpoint)
         if admitted:
