@@ -675,11 +675,8 @@ async def test_idle_ping_ends_a_session_whose_peer_went_silent() -> None:
     options = {"ping_interval": 0.2, "ping_timeout": 0.2}
     async with channels(wrap_server=wrap, client_options=options) as (client, _server):
         wrapped[0].muted = True  # the server still reads, but nothing it says arrives
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        async with asyncio.timeout(3.0):
+        async with asyncio.timeout(3.0):  # 0.2 s idle + 0.2 s unanswered ping, generously
             await client.wait_closed()
-        assert loop.time() - started < 3.0
         assert wrapped[0].pings >= 1
         assert client.close_reason is not None
         assert client.close_reason.code == 11
