@@ -994,14 +994,26 @@ async def test_the_server_answers_the_whole_bad_input_corpus_and_keeps_serving()
             async with asyncio.timeout(STEP):
                 answers, serving = await raw.answers_to(data)
             elapsed = loop.time() - started
-            if elapsed > 0.1:
-                slow.append((name, elapsed))
             problem = _check_answer(owed, error, answers, serving)
             if problem:
                 wrong.append(f"{name}: {problem}")
             if not serving:
                 await raw.transport.close()
                 raw = None
+            if elapsed > 0.1:
+                # One stall of a loaded 2-core machine is not a slow server (typical answers
+                # take well under a millisecond): a slow path is slow again when re-measured.
+                if raw is None:
+                    raw = await fresh_client()
+                started = loop.time()
+                async with asyncio.timeout(STEP):
+                    _, serving = await raw.answers_to(data)
+                again = loop.time() - started
+                if again > 0.1:
+                    slow.append((name, min(elapsed, again)))
+                if not serving:
+                    await raw.transport.close()
+                    raw = None
         assert wrong == []
         assert slow == []
         # Still serving: the current session (if the last entry left one) and a new one.
