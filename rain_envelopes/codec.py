@@ -172,7 +172,7 @@ def _dumps(obj: Any, max_depth: int, what: str) -> bytes:
     if b"null" in data and not _all_finite(obj):
         raise EnvelopeValidationError(f"{what} holds NaN or Infinity, which JSON cannot carry")
     # What decode would refuse is not sent: the same C-speed count, the walk only when needed.
-    if data.count(b"{") + data.count(b"[") > max_depth and _too_deep(obj, max_depth):
+    if _may_be_deep(data, max_depth) and _too_deep(obj, max_depth):
         raise EnvelopeValidationError(f"{what} is nested deeper than {max_depth} levels")
     return data
 
@@ -460,6 +460,12 @@ def _error(
 _METHODS = frozenset(member.value for member in CommandMethod)
 
 
+def _may_be_deep(data: bytes | bytearray, max_depth: int) -> bool:
+    # Deeper than max_depth needs more opening brackets than that, each with its closing one:
+    # short frames (most of them) skip even the C-speed count.
+    return len(data) > 2 * max_depth and data.count(b"{") + data.count(b"[") > max_depth
+
+
 def _too_deep(value: Any, max_depth: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -502,7 +508,7 @@ def decode(
     if not isinstance(obj, dict):
         raise EnvelopeDecodeError(f"$: expected object, got {_type_name(obj)}")
     # Both checks are C-speed scans of the bytes; the tree is walked only when it could be deep.
-    too_deep = raw.count(b"{") + raw.count(b"[") > max_depth and _too_deep(obj, max_depth)
+    too_deep = _may_be_deep(raw, max_depth) and _too_deep(obj, max_depth)
     long_digits = _LONG_DIGITS.search(raw) is not None
     if not too_deep and not long_digits and "method" in obj and (
         "content" not in obj and "event" not in obj

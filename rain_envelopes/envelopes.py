@@ -337,14 +337,21 @@ class Command(Envelope):
     ) -> Command:
         """Build a Command skipping validation, for the hot path only: every value must already
         be what the constructor would accept (the codec's fast path, ``success()``)."""
+        # Straight-line slot stores: measurably cheaper than a loop over (name, value) pairs.
         command = object.__new__(cls)
         set_ = object.__setattr__
-        for name, value in (
-            ("id", id), ("from_", None), ("to", to), ("pp", None), ("metadata", None),
-            ("extras", None), ("method", method), ("uri", uri), ("type", type),
-            ("resource", resource), ("status", status), ("reason", None),
-        ):
-            set_(command, name, value)
+        set_(command, "id", id)
+        set_(command, "from_", None)
+        set_(command, "to", to)
+        set_(command, "pp", None)
+        set_(command, "metadata", None)
+        set_(command, "extras", None)
+        set_(command, "method", method)
+        set_(command, "uri", uri)
+        set_(command, "type", type)
+        set_(command, "resource", resource)
+        set_(command, "status", status)
+        set_(command, "reason", None)
         return command
 
     def failure(self, reason: Reason | int, description: str | None = None) -> Command:
