@@ -132,12 +132,20 @@ class ServerAuthenticator:
                 key = parse_public_key(peer_identity)
             except KeyFileError:
                 raise _auth_failed("the transport proved no valid key") from None
+            # The transport proved a Curve25519 key and named the one authorised Ed25519 key
+            # with that form (``AuthorizedKeys.lookup_curve``). P and its mirror -P share that
+            # form, so with -P listed P's holder gets here as -P: the table refuses to list
+            # both (issue 7), which keeps it one key holder with one name; nothing at this
+            # level can tell the two spellings apart.
             name = keys.lookup(key)
             if name is None:
                 raise _auth_failed("the key the transport proved is not authorised")
             return Proof(name, key)
         if scheme is _A.KEYPAIR:
             key = _b64(authentication.get("key"), "key")
+            # The signature proves exactly this Ed25519 key, so look it up exactly: a listed -P
+            # does not admit a client naming P here (its holder could sign as -P, which is the
+            # listed key and so the listed name; see the transport branch above).
             name = keys.lookup(key)
             if name is None:
                 raise _auth_failed("public key is not authorised")

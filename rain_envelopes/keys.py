@@ -20,6 +20,12 @@ Invariants:
 - Public keys are validated once, where they enter (``parse_public_key``, the tables): a key that
   is not a point of the Ed25519 main subgroup is refused there, so the rest of the code can trust
   every 32-byte key it holds.
+- One Curve25519 key has at most one name. An Ed25519 key P and its mirror -P (P with the top
+  bit of its last byte flipped) are both valid keys with the same Curve25519 form, and the CURVE
+  handshake proves only that form (trap 13 in RELIABILITY.md). An :class:`AuthorizedKeys` table
+  therefore refuses two entries with one Curve25519 form, whatever their names (issue 7).
+- An authorised-keys file that group or others may write is refused on load and reload: whoever
+  can write it decides who gets in (issue 7).
 
 Every failure to read, parse or write one of these files raises :class:`KeyFileError`, naming the
 file (and the line, for table files) and what to do about it.
@@ -67,6 +73,8 @@ _SIGNATURE_SIZE = 64
 _MAX_KEY_FILE = 64 * 1024
 _MAX_TABLE_FILE = 16 * 1024 * 1024
 _UNSAFE_BITS = stat.S_IRWXG | stat.S_IRWXO
+# Public keys may be read by anyone; only writing a table of who may connect is a privilege.
+_TABLE_UNSAFE_BITS = stat.S_IWGRP | stat.S_IWOTH
 
 PathArg = str | os.PathLike[str]
 
@@ -387,6 +395,14 @@ class AuthorizedKeys:
     (one person, several machines); one key has one name. :meth:`save` writes the entries back
     without the original comments.
 
+    No two entries may share a Curve25519 form (a key and its mirror, see the module docstring):
+    the constructor, :meth:`load`, :meth:`reload`, :meth:`from_mapping` and :meth:`add` all refuse
+    it, through one check, so :meth:`lookup_curve` has exactly one answer. What that cannot
+    change: a transport that proves only the Curve25519 key (ZeroMQ CURVE) cannot tell P's holder
+    from -P's, so listing -P alone lets P's holder in under -P's name. That is not a second
+    identity: the holder of P's secret scalar can also sign as -P (negate the scalar), so P and
+    -P are one key holder under two spellings, and the table gives that holder one name.
+
     The table is swapped whole on :meth:`reload`, so a lookup running in another thread (a ZAP
     handler) sees either the old table or the new one, never a mix.
     """
@@ -394,7 +410,8 @@ class AuthorizedKeys:
     def __init__(
         self, entries: Mapping[bytes, str] | None = None, path: Path | None = None
     ) -> None:
-        """Raises KeyFileError when a key is not a valid Ed25519 key or a name is not valid."""
+        """Raises KeyFileError when a key is not a valid Ed25519 key, a name is not valid, or
+        two keys have the same Curve25519 form (a key and its mirror)."""
         self.path: Path | None = Path(path) if path is not None else None
         self.version = 0
         table: dict[bytes, str] = {}
@@ -403,20 +420,28 @@ class AuthorizedKeys:
         self._tables = _with_curve(table)
 
     @classmethod
+    def _from_file(cls, file: Path) -> AuthorizedKeys:
+        keys = cls(path=file)
+        keys._tables = _with_curve(*_parse_authorized(file))
+        return keys
+
+    @classmethod
     def load(cls, path: PathArg) -> AuthorizedKeys:
         """Read an authorised-keys file.
 
-        Raises KeyFileError naming the file and line for a bad line or a duplicate key, or when
-        the file is missing or unreadable.
+        Raises KeyFileError naming the file and line for a bad line or a duplicate key, naming
+        both lines for two keys with one Curve25519 form (a key and its mirror), or when the file
+        is missing, unreadable, or writable by group or others (naming the ``chmod`` that fixes
+        it).
         """
-        file = Path(path)
-        return cls(_parse_authorized(file), path=file)
+        return cls._from_file(Path(path))
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str | bytes, str]) -> AuthorizedKeys:
         """A table from ``{public key (text or 32 raw bytes): identity name}``.
 
-        Raises KeyFileError for a bad key or name, or when two spellings give the same key.
+        Raises KeyFileError for a bad key or name, when two spellings give the same key, or
+        when two keys have the same Curve25519 form (a key and its mirror).
         """
         table: dict[bytes, str] = {}
         for key, name in mapping.items():
@@ -451,14 +476,17 @@ class AuthorizedKeys:
         That is every key that was removed *or now maps to a different name*: sessions already
         authenticated with such a key hold an identity the file no longer grants, so the caller
         should close them (libzmq checks keys only once per connection; RELIABILITY.md trap 3).
-        Raises KeyFileError when there is no path or the file is bad; the old entries stay then.
+        Raises KeyFileError when there is no path or the file is bad (as for :meth:`load`: a
+        bad line, two keys with one Curve25519 form, a mode that lets group or others write it);
+        the old entries stay then.
         """
         if self.path is None:
             raise KeyFileError("this authorised-keys table was not loaded from a file")
-        table = _parse_authorized(self.path)
+        tables = _with_curve(*_parse_authorized(self.path))
+        table = tables[0]
         old = self._tables[0]
         revoked = {key for key, name in old.items() if table.get(key) != name}
-        self._tables = _with_curve(table)
+        self._tables = tables
         self.version += 1
         return revoked
 
@@ -466,8 +494,9 @@ class AuthorizedKeys:
         """Authorise ``public_key`` as ``name`` (in memory; :meth:`save` writes it).
 
         Adding a key again under the same name does nothing but count as a change. Raises
-        KeyFileError for an invalid key or name, or when the key is already listed under
-        another name (remove it from the file first: renaming is a revocation).
+        KeyFileError for an invalid key or name, when the key is already listed under
+        another name (remove it from the file first: renaming is a revocation), or when its
+        mirror (the other key with its Curve25519 form) is listed.
         """
         raw = _checked_key(public_key, "authorised key")
         checked = _checked_name(name, format_public_key(raw))
@@ -485,15 +514,17 @@ class AuthorizedKeys:
     def save(self, path: PathArg | None = None) -> None:
         """Write the table to ``path`` (default: :attr:`path`), replacing the file atomically.
 
-        An existing file keeps its permission bits. Raises KeyFileError when there is no path or
-        the file cannot be written.
+        An existing file keeps its permission bits, less write access for group and others
+        (which :meth:`load` would refuse). Raises KeyFileError when there is no path or the file
+        cannot be written.
         """
         target = Path(path) if path is not None else self.path
         if target is None:
             raise KeyFileError("no path to save the authorised keys to")
         lines = ["# RAIN authorised keys: <public key> <identity name>"]
         lines += [f"{format_public_key(key)} {name}" for key, name in self._tables[0].items()]
-        _write_file(target, "\n".join(lines) + "\n", _existing_mode(target, 0o644), overwrite=True)
+        mode = _existing_mode(target, 0o644) & ~_TABLE_UNSAFE_BITS
+        _write_file(target, "\n".join(lines) + "\n", mode, overwrite=True)
 
     def items(self) -> ItemsView[bytes, str]:
         """A snapshot of ``(Ed25519 key, identity name)`` pairs."""
@@ -611,12 +642,29 @@ class KnownHosts:
 # ------------------------------------------------------------------------------ helpers
 
 
-def _with_curve(table: dict[bytes, str]) -> tuple[dict[bytes, str], dict[bytes, bytes]]:
-    """The table and its Curve25519 -> Ed25519 reverse index, built together to swap as one."""
+def _with_curve(
+    table: dict[bytes, str], lines: Mapping[bytes, str] | None = None
+) -> tuple[dict[bytes, str], dict[bytes, bytes]]:
+    """The table and its Curve25519 -> Ed25519 reverse index, built together to swap as one.
+
+    The one place that refuses two keys with one Curve25519 form (KeyFileError naming both, by
+    ``lines[key]`` -- ``file:line`` -- when given). Without it the reverse index would keep
+    whichever came last, and the holder of one key would pass CURVE under the other's name.
+    """
     curve: dict[bytes, bytes] = {}
-    for key in table:
+    for key, name in table.items():
         converted = _raw_curve_public(key)
         assert converted is not None  # every key in a table was validated on the way in
+        other = curve.get(converted)
+        if other is not None:
+            where = lines or {}
+            raise KeyFileError(
+                f"{where.get(key, 'authorised key')}: key {format_public_key(key)} ({name}) is"
+                f" the mirror of {format_public_key(other)} ({table[other]})"
+                f"{' on ' + where[other] if other in where else ''}: the two keys have the same"
+                " Curve25519 form, so the holder of either passes the CURVE handshake as both."
+                " One key can have only one name: remove one of the two entries"
+            )
         curve[converted] = key
     return table, curve
 
@@ -648,10 +696,13 @@ def _checked_endpoint(endpoint: object, where: str) -> str:
     return name
 
 
-def _parse_authorized(file: Path) -> dict[bytes, str]:
+def _parse_authorized(file: Path) -> tuple[dict[bytes, str], dict[bytes, str]]:
+    """``(key -> name, key -> "file:line")``; KeyFileError naming the line for a bad one."""
     table: dict[bytes, str] = {}
     first_seen: dict[bytes, int] = {}
-    for number, first, second in _table_lines(file, "authorised-keys file"):
+    for number, first, second in _table_lines(
+        file, "authorised-keys file", refuse_bits=_TABLE_UNSAFE_BITS
+    ):
         where = f"{file}:{number}"
         try:
             key = parse_public_key(first)
@@ -664,16 +715,17 @@ def _parse_authorized(file: Path) -> dict[bytes, str]:
             )
         table[key] = name
         first_seen[key] = number
-    return table
+    return table, {key: f"{file}:{number}" for key, number in first_seen.items()}
 
 
-def _table_lines(file: Path, what: str) -> Iterable[tuple[int, str, str]]:
+def _table_lines(file: Path, what: str, *, refuse_bits: int = 0) -> Iterable[tuple[int, str, str]]:
     """``(line number, first field, second field)`` for each entry of a two-column table file.
 
     Raises KeyFileError naming the line when it does not have exactly two fields (a trailing
-    ``# comment`` is allowed).
+    ``# comment`` is allowed), or naming the mode when it has any of ``refuse_bits``.
     """
-    for number, line in enumerate(_read_text(file, what, _MAX_TABLE_FILE), 1):
+    lines = _read_text(file, what, _MAX_TABLE_FILE, refuse_bits=refuse_bits)
+    for number, line in enumerate(lines, 1):
         fields = line.split(None, 2)
         if not fields or fields[0].startswith("#"):
             continue
@@ -683,10 +735,21 @@ def _table_lines(file: Path, what: str) -> Iterable[tuple[int, str, str]]:
         yield number, fields[0], fields[1]
 
 
-def _read_text(file: Path, what: str, limit: int) -> list[str]:
-    """The lines of a UTF-8 file; KeyFileError saying what is wrong with it otherwise."""
+def _read_text(file: Path, what: str, limit: int, *, refuse_bits: int = 0) -> list[str]:
+    """The lines of a UTF-8 file; KeyFileError saying what is wrong with it otherwise.
+
+    A file whose mode has any of ``refuse_bits`` is refused; the mode is read from the opened
+    file (``fstat``), so the file checked is the file read.
+    """
     try:
         with open(file, "rb") as handle:
+            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+            if mode & refuse_bits:
+                raise KeyFileError(
+                    f"{what} {file} has mode {mode:04o}: {_who_may(mode & refuse_bits)} may"
+                    " change it, and so decide who may connect. Remove their write access"
+                    f" with `chmod go-w {file}`"
+                )
             data = handle.read(limit + 1)
     except FileNotFoundError:
         raise KeyFileError(f"{what} {file} does not exist") from None

@@ -334,8 +334,9 @@ def test_curve_public_key_refuses_invalid_keys(bad: bytes) -> None:
 # ------------------------------------------------------------------------------ authorised keys
 
 
-def write_table(path: Path, lines: list[str]) -> Path:
+def write_table(path: Path, lines: list[str], mode: int = 0o644) -> Path:
     path.write_text("\n".join(lines) + "\n")
+    path.chmod(mode)  # explicit: under a umask of 002 write_text would leave it group-writable
     return path
 
 
@@ -552,6 +553,143 @@ def test_repr_mentions_size_and_source(tmp_path: Path) -> None:
     file = write_table(tmp_path / "ak", [f"{Identity.generate().public_key_text} alice@irf"])
     assert "1 keys" in repr(AuthorizedKeys.load(file))
     assert str(file) in repr(AuthorizedKeys.load(file))
+
+
+def mirror(key: bytes) -> bytes:
+    """-P for an Ed25519 key P: the sign of x lives in the top bit of the last byte."""
+    return key[:31] + bytes([key[31] ^ 0x80])
+
+
+def test_a_mirror_key_is_another_valid_key_with_the_same_curve_form() -> None:
+    # The premise of the mirror-key tests below (RELIABILITY.md trap 13): pynacl takes -P as a
+    # key of its own, and it converts to the very Curve25519 key CURVE sees for P.
+    key = Identity.generate().public_key
+    other = mirror(key)
+    assert other != key
+    nacl.signing.VerifyKey(other)
+    assert parse_public_key(format_public_key(other)) == other
+    assert curve_public_key(other) == curve_public_key(key)
+    assert nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(other) == curve_public_key(key)
+
+
+@pytest.mark.parametrize("names", [("alice@lab", "bob@lab"), ("alice@lab", "alice@lab")])
+def test_load_refuses_a_key_and_its_mirror_naming_both_lines(
+    tmp_path: Path, names: tuple[str, str]
+) -> None:
+    # Before issue 7 the second line silently took over the Curve25519 index: Alice's CURVE
+    # handshake was then looked up as -P and she was established as bob@lab.
+    key = Identity.generate().public_key
+    file = write_table(
+        tmp_path / "authorized_keys",
+        [
+            "# header",
+            f"{format_public_key(key)} {names[0]}",
+            f"{Identity.generate().public_key_text} carol@lab",
+            f"{format_public_key(mirror(key))} {names[1]}",
+        ],
+    )
+    with pytest.raises(KeyFileError) as caught:
+        AuthorizedKeys.load(file)
+    message = str(caught.value)
+    assert f"{file}:4:" in message
+    assert f"on {file}:2" in message
+    assert format_public_key(key) in message
+    assert format_public_key(mirror(key)) in message
+    assert "Curve25519" in message
+
+
+def test_reload_refuses_a_mirror_and_keeps_the_old_entries(tmp_path: Path) -> None:
+    alice = Identity.generate()
+    file = write_table(tmp_path / "ak", [f"{alice.public_key_text} alice@lab"])
+    keys = AuthorizedKeys.load(file)
+    write_table(file, [
+        f"{alice.public_key_text} alice@lab",
+        f"{format_public_key(mirror(alice.public_key))} bob@lab",
+    ])
+    with pytest.raises(KeyFileError, match=r"ak:2: .*mirror.* on .*ak:1"):
+        keys.reload()
+    assert keys.lookup_curve(alice.curve_keypair()[0]) == alice.public_key
+    assert keys.lookup(mirror(alice.public_key)) is None
+
+
+def test_every_way_into_a_table_refuses_a_mirror() -> None:
+    key = Identity.generate().public_key
+    with pytest.raises(KeyFileError, match="mirror"):
+        AuthorizedKeys({key: "alice@lab", mirror(key): "bob@lab"})
+    with pytest.raises(KeyFileError, match="mirror"):
+        AuthorizedKeys.from_mapping(
+            {format_public_key(key): "alice@lab", mirror(key): "bob@lab"}
+        )
+    keys = AuthorizedKeys.from_mapping({key: "alice@lab"})
+    version = keys.version
+    with pytest.raises(KeyFileError, match="mirror"):
+        keys.add(mirror(key), "bob@lab")
+    with pytest.raises(KeyFileError, match="mirror"):
+        keys.add(mirror(key), "alice@lab")
+    assert dict(keys.items()) == {key: "alice@lab"}
+    assert keys.lookup_curve(curve_public_key(key)) == key
+    assert keys.version == version
+
+
+def test_a_mirror_listed_alone_is_the_one_name_of_its_curve_key() -> None:
+    # What the refusal cannot change: CURVE proves only the Curve25519 key, so with -P listed
+    # alone the holder of P's secret passes the handshake and gets -P's name. That holder can
+    # sign as -P too (negated scalar), so it is one key holder, now with exactly one name.
+    holder = Identity.generate()
+    keys = AuthorizedKeys.from_mapping({mirror(holder.public_key): "bob@lab"})
+    listed = keys.lookup_curve(holder.curve_keypair()[0])
+    assert listed == mirror(holder.public_key)
+    assert keys.lookup(listed) == "bob@lab"
+    # Looked up by exact Ed25519 key (the keypair scheme), P itself is not listed.
+    assert keys.lookup(holder.public_key) is None
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o664, 0o646, 0o620, 0o602, 0o660], ids=oct)
+def test_load_refuses_an_authorized_keys_file_others_may_write(tmp_path: Path, mode: int) -> None:
+    file = write_table(
+        tmp_path / "authorized_keys", [f"{Identity.generate().public_key_text} alice@irf"], mode
+    )
+    with pytest.raises(KeyFileError) as caught:
+        AuthorizedKeys.load(file)
+    message = str(caught.value)
+    assert f"mode {mode:04o}" in message
+    assert f"chmod go-w {file}" in message
+    assert ("group (write)" in message) == bool(mode & stat.S_IWGRP)
+    assert ("others (write)" in message) == bool(mode & stat.S_IWOTH)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o600, 0o400, 0o444], ids=oct)
+def test_load_accepts_an_authorized_keys_file_only_its_owner_may_write(
+    tmp_path: Path, mode: int
+) -> None:
+    alice = Identity.generate()
+    file = write_table(tmp_path / "authorized_keys", [f"{alice.public_key_text} alice@irf"], mode)
+    assert AuthorizedKeys.load(file).lookup(alice.public_key) == "alice@irf"
+
+
+def test_reload_refuses_a_file_made_writable_by_others_and_keeps_the_old_entries(
+    tmp_path: Path,
+) -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    file = write_table(tmp_path / "ak", [f"{alice.public_key_text} alice@irf"])
+    keys = AuthorizedKeys.load(file)
+    write_table(file, [f"{bob.public_key_text} mallory@irf"], 0o666)
+    with pytest.raises(KeyFileError, match="chmod go-w"):
+        keys.reload()
+    assert keys.lookup(alice.public_key) == "alice@irf"
+    assert keys.lookup(bob.public_key) is None
+
+
+def test_save_takes_write_access_from_group_and_others(tmp_path: Path, umask_zero: None) -> None:
+    file = tmp_path / "ak"
+    file.write_text("")
+    file.chmod(0o666)
+    keys = AuthorizedKeys.from_mapping({Identity.generate().public_key: "alice@irf"})
+    keys.save(file)
+    assert mode_of(file) == 0o644
+    AuthorizedKeys.load(file)
+    keys.save(tmp_path / "new")
+    assert mode_of(tmp_path / "new") == 0o644
 
 
 # ------------------------------------------------------------------------------ known hosts
