@@ -194,6 +194,17 @@ class _Protocol:
     def _receive_session(self, envelope: Session) -> None:
         raise NotImplementedError
 
+    def _check_session_id(self, envelope: Session) -> None:
+        """The one id rule: once the server has assigned the session id, every session envelope
+        carries it. A missing id is a mismatch like any other, never "nothing to check"
+        (issue 7): ``None`` is not the id. Raises RemoteProtocolError (11)."""
+        assert self.session_id is not None
+        if envelope.id != self.session_id:
+            raise RemoteProtocolError(
+                f"session id {envelope.id!r} does not match {self.session_id!r}",
+                code=ReasonCode.SESSION_ERROR,
+            )
+
     def reply_to_error(self, error: RemoteProtocolError) -> None:
         """Queue the coded answer to a peer's protocol error.
 
@@ -289,11 +300,7 @@ class ServerProtocol(_Protocol):
                 self.session_id = self._session_id
                 self._after_new()
                 return
-            if envelope.id != self.session_id:
-                raise RemoteProtocolError(
-                    f"session id {envelope.id!r} does not match {self.session_id!r}",
-                    code=ReasonCode.SESSION_ERROR,
-                )
+            self._check_session_id(envelope)
             if envelope.state is _S.NEGOTIATING:
                 self._negotiate(envelope)
             elif envelope.state is _S.AUTHENTICATING:
@@ -462,11 +469,8 @@ class ClientProtocol(_Protocol):
             raise RemoteProtocolError(
                 "the server's first session envelope has no id", code=ReasonCode.SESSION_ERROR
             )
-        if self.session_id is not None and envelope.id != self.session_id:
-            raise RemoteProtocolError(
-                f"session id {envelope.id!r} does not match {self.session_id!r}",
-                code=ReasonCode.SESSION_ERROR,
-            )
+        if self.session_id is not None:
+            self._check_session_id(envelope)
         self.machine.receive(envelope)  # RemoteProtocolError (15) if out of place
         if self.session_id is None:
             self.session_id = envelope.id

@@ -8,6 +8,7 @@ tests/core/test_session.py.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import zlib
 from typing import Any
 
@@ -551,6 +552,21 @@ def test_keypair_refuses_an_unknown_key() -> None:
     assert_both_failed(client, server, 13)
 
 
+def test_keypair_with_only_the_mirror_listed_refuses_the_key_it_signs_with() -> None:
+    # -P has the Curve25519 form of P (issue 7, defect 1); the keypair scheme proves the exact
+    # Ed25519 key that signed, so a listed -P does not admit a client signing as P.
+    raw = ALICE.public_key
+    mirror = raw[:31] + bytes([raw[31] ^ 0x80])
+    keys = AuthorizedKeys({mirror: "bob@irf"})
+    server = ServerProtocol(
+        node=SERVER_NODE, authenticator=ServerAuthenticator(keys), compression_options=(NONE,)
+    )
+    client = started(keypair_client())
+    frames = pump(client, server)
+    assert failure_code(frames) == 13
+    assert_both_failed(client, server, 13)
+
+
 @pytest.mark.parametrize(
     "authentication",
     [
@@ -778,6 +794,79 @@ def test_a_client_refuses_a_server_envelope_with_another_session_id() -> None:
     assert client.state is _S.FAILED
     assert client.failure is not None
     assert client.failure.code == 11
+
+
+def _without_id(frame: Frame) -> bytes:
+    """``frame``'s session envelope with its id removed, on the wire as the original was."""
+    envelope = frame.envelope
+    assert isinstance(envelope, Session)
+    assert envelope.id is not None
+    data = encode(dataclasses.replace(envelope, id=None))
+    return zlib.compress(data, 6, 31) if frame.gzipped else data
+
+
+def _run_to_nth(link: Link, sender: str, state: SessionState, nth: int) -> Frame:
+    """Deliver frames until the ``nth`` session envelope in ``state`` from ``sender`` is next."""
+    seen = 0
+    for _ in range(50):
+        upcoming = link.peek()
+        assert upcoming is not None, f"no {state.value} number {nth} from the {sender}"
+        if is_session(upcoming, sender, state):
+            seen += 1
+            if seen == nth:
+                return upcoming
+        link.step()
+    raise AssertionError("the session never got there")
+
+
+@pytest.mark.parametrize("state", [_S.NEGOTIATING, _S.AUTHENTICATING, _S.FINISHING])
+def test_the_server_fails_a_client_session_envelope_without_the_id(state: SessionState) -> None:
+    # A missing id must count as a mismatch, not as "nothing to check" (issue 7, defect 10).
+    server = keypair_server(compression_options=(NONE, GZIP))
+    client = started(keypair_client(compression=NONE))
+    link = Link(client, server)
+    if state is _S.FINISHING:
+        link.run()
+        assert server.is_established
+        client.finish()
+    link.replace_next(_without_id(_run_to_nth(link, CLIENT, state, 1)))
+    link.run()
+    assert failure_code(link.frames) == 11
+    assert server.state is _S.FAILED
+    assert server.failure is not None
+    assert server.failure.code == 11
+    assert client.state is _S.FAILED
+
+
+@pytest.mark.parametrize(
+    ("state", "nth"),
+    [
+        (_S.NEGOTIATING, 2),  # the echo
+        (_S.AUTHENTICATING, 1),  # the offer
+        (_S.AUTHENTICATING, 2),  # the challenge of a second round
+        (_S.ESTABLISHED, 1),
+        (_S.FINISHED, 1),
+    ],
+    ids=["negotiation-echo", "authentication-offer", "challenge", "established", "finished"],
+)
+def test_the_client_refuses_a_server_session_envelope_without_the_id(
+    state: SessionState, nth: int
+) -> None:
+    server = keypair_server(rounds=2, compression_options=(NONE, GZIP))
+    client = started(keypair_client(compression=GZIP))
+    link = Link(client, server)
+    if state is _S.FINISHED:
+        link.run()
+        assert client.is_established
+        client.finish()
+    link.replace_next(_without_id(_run_to_nth(link, SERVER, state, nth)))
+    frame = link.step()
+    assert frame.error is not None
+    assert frame.error.code == 11
+    assert client.state is _S.FAILED
+    assert client.failure is not None
+    assert client.failure.code == 11
+    assert client.established is None or state is _S.FINISHED
 
 
 @pytest.mark.parametrize(
