@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import tracemalloc
 import zlib
 from typing import Any
 
@@ -967,6 +968,35 @@ def test_an_oversize_inflated_frame_is_refused() -> None:
     with pytest.raises(EnvelopeDecodeError):
         server.receive_data(compressed)
     assert server.is_established
+
+
+def _gzip_of_zeros(size: int) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = bytes(1 << 20)
+    parts = [compressor.compress(chunk) for _ in range(size // len(chunk))]
+    return b"".join(parts) + compressor.flush()
+
+
+@pytest.mark.parametrize("side", [CLIENT, SERVER])
+def test_a_gzip_bomb_is_refused_without_being_inflated(side: str) -> None:
+    # 16 KiB on the wire, 16 MiB inflated. Refusing it after inflating it all would pass a
+    # test that only looks at the outcome; the bound is on the work, so measure the memory
+    # allocated while refusing it (issue 7, defect 10b).
+    limit = 64 * 1024
+    client, server = established_pair(max_envelope_size=limit)
+    client.max_envelope_size = limit
+    bomb = _gzip_of_zeros(16 << 20)
+    assert len(bomb) < limit
+    target = client if side == CLIENT else server
+    tracemalloc.start()
+    try:
+        with pytest.raises(EnvelopeDecodeError, match="inflates beyond the limit"):
+            target.receive_data(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * limit, f"{peak} bytes allocated to refuse a bomb against a {limit} bound"
+    assert target.is_established
 
 
 @pytest.mark.parametrize("damage", ["truncated", "trailing"])
