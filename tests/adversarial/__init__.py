@@ -1,0 +1,1 @@
+"""An adversarial suite: raw pyzmq attackers against a live `rain serve` (issue 7)."""
