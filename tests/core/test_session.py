@@ -1,9 +1,13 @@
 """Every cell of the session transition table, for both roles and both directions.
 
-For each (phase, sender, step) the table either names the next phase, in which case both the
-sending role (``send``) and the receiving role (``receive``) move there, or it does not, in
-which case the sender's machine raises LocalProtocolError, the receiver's RemoteProtocolError
-(code 15), and neither changes phase.
+For each (phase, sender, step) the protocol either allows the step, in which case both the
+sending role (``send``) and the receiving role (``receive``) move to the next phase, or it does
+not, in which case the sender's machine raises LocalProtocolError, the receiver's
+RemoteProtocolError (code 15), and neither changes phase.
+
+The expectations are :data:`LEGAL`, written out here by hand from PROTOCOL.md ("Session
+sequence") and DESIGN.md section 4, not read from the table under test: a test that took its
+expectations from ``TRANSITIONS`` would pass whatever a cell said (issue 7, defect 10).
 """
 
 from __future__ import annotations
@@ -27,6 +31,46 @@ from rain_envelopes.session import (
 
 CELLS = list(itertools.product(Phase, Role, Step))
 
+P, C, S = Phase, Role.CLIENT, Role.SERVER
+_UP = (P.START, P.NEW_SENT, P.NEGOTIATION_OFFERED, P.NEGOTIATION_CHOSEN, P.NEGOTIATED,
+       P.AUTHENTICATION_OFFERED, P.AUTHENTICATION_ANSWERED, P.ESTABLISHED, P.FINISHING)
+
+#: Every legal step, ``(phase, sender, step) -> next phase``; any other cell is illegal.
+LEGAL: dict[tuple[Phase, Role, Step], Phase] = {
+    # C: {"state":"new"}
+    (P.START, C, Step.NEW): P.NEW_SENT,
+    # The server answers `new` with the first stage it has (negotiation and authentication may
+    # each be skipped); `failed` and `finished` are below.
+    (P.NEW_SENT, S, Step.NEGOTIATING): P.NEGOTIATION_OFFERED,
+    (P.NEW_SENT, S, Step.AUTHENTICATING): P.AUTHENTICATION_OFFERED,
+    (P.NEW_SENT, S, Step.ESTABLISHED): P.ESTABLISHED,
+    # Negotiation: offer, the client's choice, the server's echo.
+    (P.NEGOTIATION_OFFERED, C, Step.NEGOTIATING): P.NEGOTIATION_CHOSEN,
+    (P.NEGOTIATION_CHOSEN, S, Step.NEGOTIATING): P.NEGOTIATED,
+    (P.NEGOTIATED, S, Step.AUTHENTICATING): P.AUTHENTICATION_OFFERED,
+    (P.NEGOTIATED, S, Step.ESTABLISHED): P.ESTABLISHED,
+    # Authentication: offer, answer, then another round or the verdict.
+    (P.AUTHENTICATION_OFFERED, C, Step.AUTHENTICATING): P.AUTHENTICATION_ANSWERED,
+    (P.AUTHENTICATION_ANSWERED, S, Step.AUTHENTICATING): P.AUTHENTICATION_OFFERED,
+    (P.AUTHENTICATION_ANSWERED, S, Step.ESTABLISHED): P.ESTABLISHED,
+    # Established: traffic both ways; the client may ask to finish.
+    (P.ESTABLISHED, C, Step.MESSAGE): P.ESTABLISHED,
+    (P.ESTABLISHED, C, Step.NOTIFICATION): P.ESTABLISHED,
+    (P.ESTABLISHED, C, Step.COMMAND): P.ESTABLISHED,
+    (P.ESTABLISHED, S, Step.MESSAGE): P.ESTABLISHED,
+    (P.ESTABLISHED, S, Step.NOTIFICATION): P.ESTABLISHED,
+    (P.ESTABLISHED, S, Step.COMMAND): P.ESTABLISHED,
+    (P.ESTABLISHED, C, Step.FINISHING): P.FINISHING,
+    # Finishing: the server may still deliver what it had in flight; the client sends nothing.
+    (P.FINISHING, S, Step.MESSAGE): P.FINISHING,
+    (P.FINISHING, S, Step.NOTIFICATION): P.FINISHING,
+    (P.FINISHING, S, Step.COMMAND): P.FINISHING,
+    # The server may fail the session from every phase that has not ended (even before `new`,
+    # to answer a first frame that is garbage) and finish it once there is one.
+    **{(phase, S, Step.FAILED): P.FAILED for phase in _UP},
+    **{(phase, S, Step.FINISHED): P.FINISHED for phase in _UP if phase is not P.START},
+}
+
 
 def _cell_id(cell: tuple[Phase, Role, Step]) -> str:
     phase, sender, step = cell
@@ -42,7 +86,7 @@ def _machine(role: Role, phase: Phase) -> SessionMachine:
 @pytest.mark.parametrize("cell", CELLS, ids=_cell_id)
 def test_every_cell(cell: tuple[Phase, Role, Step]) -> None:
     phase, sender, step = cell
-    expected = TRANSITIONS.get(cell)
+    expected = LEGAL.get(cell)
     as_sender = _machine(sender, phase)
     as_receiver = _machine(sender.peer, phase)
     if expected is None:
@@ -58,6 +102,12 @@ def test_every_cell(cell: tuple[Phase, Role, Step]) -> None:
         as_receiver.receive_step(step)
         assert as_sender.phase is expected
         assert as_receiver.phase is expected
+
+
+def test_the_table_is_exactly_the_legal_steps() -> None:
+    # The same check as test_every_cell in one place, so a changed cell shows as one diff.
+    assert len(LEGAL) == 38
+    assert {cell: TRANSITIONS.get(cell) for cell in CELLS if cell in TRANSITIONS} == LEGAL
 
 
 def test_table_has_the_documented_shape() -> None:
