@@ -484,6 +484,34 @@ def test_monitor_stops_with_exit_4_when_its_key_is_revoked(tmp_path: Path) -> No
         assert server.stop() == 0
 
 
+def test_monitor_stops_with_exit_4_when_the_restarted_server_refuses_its_key(
+    tmp_path: Path,
+) -> None:
+    # The revocation test above ends the session in place (code 13). Here the key is gone when
+    # the server comes back, so the refusal comes from the handshake of a reconnect, which the
+    # monitor must not take for a server still restarting (issue 7, defect 10c).
+    from rain_envelopes.keys import AuthorizedKeys, load_public_key
+
+    site = make_site(tmp_path)
+    first = ServerProcess(site.folder / "rain.toml", tmp_path / "first.log")
+    site.write_config(port=first.port)
+    with MonitorProcess(first.endpoint, *site.client("bob"), "--timeout", "2") as monitor:
+        assert "temperature" in monitor.line(monitor.stdout)
+        assert first.stop() == 0
+        assert "lost" in monitor.line(monitor.stderr)
+        AuthorizedKeys.from_mapping({
+            load_public_key(site.key("alice") + ".pub"): "alice@irf"
+        }).save(site.folder / "authorized_keys")
+        second = ServerProcess(site.folder / "rain.toml", tmp_path / "second.log")
+        try:
+            assert monitor.process.wait(timeout=20) == 4
+            errors = monitor.stderr.read()
+            assert "refused" in errors, errors
+            assert "ZAP status 400" in errors, errors
+        finally:
+            assert second.stop() == 0
+
+
 # ------------------------------------------------------------------------------ demo and tutorial
 
 
