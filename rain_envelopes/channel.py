@@ -7,6 +7,24 @@ answered here and never reaches the application; other commands go to ``on_comma
 to ``on_message``, notifications to ``on_notification``. Callbacks may be plain functions or
 coroutine functions; their exceptions are logged, never fatal to the channel.
 
+A peer's requests cost tasks only within a bound: while ``max_requests_in_progress`` requests
+of this channel have an ``on_command`` answer in the works (the handler returned an awaitable
+that has not finished), every further request is refused at once, before the handler runs,
+with code 34 (AUTHORIZATION_QUOTA_EXCEEDED: the peer may try again once it has its answers).
+A request counts from the moment its handler returns an awaitable until that awaitable ends.
+Pings, responses and observes are handled by the channel itself and never count. The bound is
+here rather than in the server because this is where the tasks are made: any handler, not only
+the RAIN server's, is covered, and the refusal needs no cooperation from it. The number is
+policy: None (the default for a channel made by hand) means no bound; the RAIN server passes
+``limits.max_requests_in_progress``.
+
+Everything a peer can make a channel log (frames that break the protocol, replies dropped for
+a full peer queue, requests over the bound) goes through a :class:`~rain_envelopes.peerlog.
+PeerLog`, keyed by the peer's proven identity or key, else its address: one line per kind and
+peer per interval, then one summary with the count. A server hands its channels its own
+PeerLog and flushes it from a timer; a channel used alone has its own, whose summaries are
+written by the next event after the interval.
+
 Invariants:
 - every pending request is failed (ChannelClosed, or SessionFailed with the reason) when the
   session ends, and a timeout is raised in the caller's task, never in a callback;
@@ -58,6 +76,7 @@ from .errors import (
 )
 from .keys import Identity
 from .node import Node
+from .peerlog import PeerLog
 from .protocol import ClientProtocol, NodeRegistry, ServerProtocol, _Protocol
 from .transport import ClientSecurity, Transport, transport_factory
 
@@ -105,7 +124,11 @@ class Channel:
         establish_timeout: float = 10.0,
         ping_interval: float | None = None,
         ping_timeout: float = 5.0,
+        max_requests_in_progress: int | None = None,
+        peer_log: PeerLog | None = None,
     ) -> None:
+        if max_requests_in_progress is not None and max_requests_in_progress < 1:
+            raise ValueError("max_requests_in_progress must be at least 1 (or None)")
         self.transport = transport
         self.command_timeout = command_timeout
         self.establish_timeout = establish_timeout
@@ -114,6 +137,11 @@ class Channel:
         self.on_message: MessageHandler | None = None
         self.on_notification: NotificationHandler | None = None
         self.on_command: CommandHandler | None = None
+        #: Requests the peer may have in the works at once (see the module docstring).
+        self.max_requests_in_progress = max_requests_in_progress
+        self._in_progress = 0
+        # Where what the peer can make us log goes: one line per kind per interval.
+        self._peer_log = peer_log or PeerLog(log)
         self._pending: dict[str, asyncio.Future[Command]] = {}
         self._subscriptions: dict[str, list[ObserveCallback]] = {}
         self._id_prefix = os.urandom(4).hex() + "-"
@@ -322,7 +350,10 @@ class Channel:
                 try:
                     self._protocol.receive_data(data)
                 except RemoteProtocolError as exc:
-                    log.warning("%s: peer broke the protocol: %s", self, exc)
+                    self._peer_log.event(
+                        logging.WARNING, "bad-frame", self._peer_name(),
+                        "%s: peer broke the protocol: %s", self, exc,
+                    )
                     self._fail_pending_on_bad_response(exc)
                     self._protocol.reply_to_error(exc)
                 self._dispatch_all()
@@ -330,7 +361,10 @@ class Channel:
                     await self._flush()
                 except QueueFull as exc:
                     # A peer that does not read must not end the session from our side.
-                    log.warning("%s: peer queue full, a frame was dropped: %s", self, exc)
+                    self._peer_log.event(
+                        logging.WARNING, "queue-full", self._peer_name(),
+                        "%s: peer queue full, a frame was dropped: %s", self, exc,
+                    )
                 if self._established is not None and not self._established.done() and (
                     self._protocol.is_established
                 ):
@@ -347,6 +381,10 @@ class Channel:
         finally:
             if not self._closing:
                 await self._shutdown(reason)
+
+    def _peer_name(self) -> str | None:
+        """Who is at the other end, for the peer log: the proven key, else the address."""
+        return self.transport.peer_identity or self.transport.peer_address
 
     def _fail_pending_on_bad_response(self, error: RemoteProtocolError) -> None:
         # An unreadable response still ends the wait: the caller learns what arrived at once
@@ -392,6 +430,18 @@ class Channel:
                 ReasonCode.COMMAND_RESOURCE_NOT_SUPPORTED, f"no resource {command.uri}"
             ))
             return
+        limit = self.max_requests_in_progress
+        if limit is not None and self._in_progress >= limit:
+            # Refused before the handler runs, so no task, no plugin call, no side effect.
+            self._peer_log.event(
+                logging.INFO, "request-limit", self._peer_name(),
+                "%s: %d requests in progress; refusing more", self, limit,
+            )
+            self._reply(command.failure(
+                ReasonCode.AUTHORIZATION_QUOTA_EXCEEDED,
+                f"at most {limit} requests in progress per session",
+            ))
+            return
         try:
             result = handler(command)
         except Exception:
@@ -401,14 +451,20 @@ class Channel:
         if isinstance(result, Command):
             self._reply(result)
         elif inspect.isawaitable(result):
+            self._in_progress += 1
             self._spawn(self._finish_command(command, result))
 
     async def _finish_command(self, command: Command, pending: Awaitable[Any]) -> None:
         try:
-            result = await pending
-        except Exception:
-            log.exception("%s: command handler failed for %s %s", self, command.method, command.uri)
-            result = command.failure(ReasonCode.APPLICATION_ERROR, "the handler failed")
+            try:
+                result = await pending
+            except Exception:
+                log.exception(
+                    "%s: command handler failed for %s %s", self, command.method, command.uri
+                )
+                result = command.failure(ReasonCode.APPLICATION_ERROR, "the handler failed")
+        finally:
+            self._in_progress -= 1  # the answer exists (or never will): room for the next one
         if isinstance(result, Command):
             await self._send_quietly(result)
 
@@ -690,6 +746,9 @@ class ServerChannel(Channel):
     def remote_identity(self) -> str | None:
         """The authenticated identity name ("alice@irf"); never what the client claimed."""
         return self._protocol.remote_identity
+
+    def _peer_name(self) -> str | None:
+        return self.remote_identity or super()._peer_name()
 
     @property
     def remote_key(self) -> bytes | None:
