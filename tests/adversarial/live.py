@@ -194,10 +194,12 @@ class LiveServer:
         self._log_file.flush()
         return self.log.stat().st_size
 
-    def log_text(self, since: int = 0) -> str:
+    def log_text(self, since: int = 0, until: int | None = None) -> str:
+        """The log from byte ``since`` to byte ``until`` (default: its end)."""
         with open(self.log, "rb") as handle:
             handle.seek(since)
-            return handle.read().decode("utf-8", "replace")
+            data = handle.read() if until is None else handle.read(max(0, until - since))
+        return data.decode("utf-8", "replace")
 
     # -------------------------------------------------------------------------- stop
 
@@ -300,11 +302,12 @@ class Attack:
             f"{self.name}: {self.log_end - self.log_start} log bytes in {self.seconds:.1f} s"
             f" from {self.attackers} attacker(s): {self.log_per_attacker_second:.0f} B per"
             f" attacker-second, budget {LOG_BYTES_PER_ATTACKER_SECOND}.\nFirst lines:\n"
-            + "\n".join(self.server.log_text(self.log_start).splitlines()[:8])
+            + "\n".join(self.server.log_text(self.log_start, self.log_end).splitlines()[:8])
         )
 
     def check_no_traceback(self) -> None:
-        text = self.server.log_text(self.log_start)
+        """No traceback in what the server logged from ``start()`` to ``stop()``."""
+        text = self.server.log_text(self.log_start, self.log_end)
         assert "Traceback" not in text, f"{self.name}: the server logged a traceback:\n{text}"
 
 

@@ -204,9 +204,14 @@ class RawClient:
 
     # -------------------------------------------------------------------------- session
 
-    def establish(self, timeout: float = 5.0, node: str = "raw@irf/adversary") -> dict[str, Any]:
+    def establish(self, timeout: float = 5.0, node: str | None = None) -> dict[str, Any]:
         """Run the session exchange with scheme ``transport``; returns the server's final
-        session envelope (``established`` or ``failed``). Raises NoAnswer on a timeout."""
+        session envelope (``established`` or ``failed``). Raises NoAnswer on a timeout.
+
+        ``node`` is the node we claim; by default a fresh instance per session, since the
+        server allows one session per node.
+        """
+        node = node or f"raw@irf/{next(_ids)}"
         deadline = time.perf_counter() + timeout
         self.send_json({"state": "new"})
         while True:
