@@ -12,6 +12,7 @@ Example (every key but ``identity`` and ``listen`` is optional)::
 
     [limits]
     queue_length = 64                      # samples held per subscription before dropping
+    max_requests_in_progress = 64          # per session; beyond, refused at once with 34
 
     [logging]
     level = "INFO"
@@ -64,7 +65,10 @@ class Limits:
     plugin_timeout: float = 30.0
     #: Seconds a client has to establish its session.
     establish_timeout: float = 10.0
-    #: Recent (identity, command id) pairs remembered to answer a repeated `set` only once.
+    #: Requests of one session whose answers may be in the works at once (plugin calls,
+    #: snapshots, sets); beyond it a request is refused at once with code 34.
+    max_requests_in_progress: int = 64
+    #: Recent `set` command ids remembered per identity to answer a repeated `set` only once.
     dedup_window: int = 1024
     #: Seconds `close()` waits for sessions to finish and plugin threads to return.
     shutdown_timeout: float = 5.0

@@ -13,12 +13,22 @@ Resources (PROTOCOL.md, RAIN extensions):
 - ``get /params``: a collection of parameter descriptors, showing only what the caller may use;
 - ``get | set | subscribe | unsubscribe /params/{name}``: sample documents.
 
-Every request is handled in this order, and the first refusal answers it: command expiry
-(``#expires``, 1001), URI (27/67), access rules on the *authenticated* identity (32/35), route
-(67 no such resource, 63 method not supported), parameter (67 unknown, 66 read-only), value
-(64, with the schema error), plugin code (its ParameterError code, or 101). So a refused request
-never reaches plugin code and changes nothing. A repeated ``set`` (same identity, same command
-id, within ``limits.dedup_window``) is answered with the first answer and applied once.
+Every request is handled in this order, and the first refusal answers it: requests in progress
+(34 when the session already has ``limits.max_requests_in_progress`` answers in the works;
+counted by the channel, which makes the tasks), command expiry (``#expires``, 1001), URI
+(27/67), access rules on the *authenticated* identity (32/35), route (67 no such resource, 63
+method not supported), parameter (67 unknown, 66 read-only, 34 too many subscriptions), value
+(64, with the schema error, whether or not the parameter has a setter), plugin code (its
+ParameterError code, or 101). So a refused request never reaches plugin code and changes
+nothing. A repeated ``set`` (same identity, same command id, within the last
+``limits.dedup_window`` sets *of that identity*: dedup.py) is answered with the first answer and
+applied once; another identity's sets cannot push it out of the window.
+
+Logging: everything a peer can trigger (connections refused, sessions not established,
+sessions established and ended, messages, repeated sets, and in the channels bad frames,
+dropped replies and refused requests) goes through a PeerLog keyed by the proven identity (or
+key, or address), so one peer costs at most two lines per kind per interval; a timer task
+writes the summaries with their counts.
 
 Fast paths (lists, stored values, refusals) answer synchronously in the channel's reader; only
 requests that run plugin code become tasks, so a slow getter delays nobody else.
@@ -32,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +49,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import fastjsonschema
-import orjson
 
 from ..auth import ServerAuthenticator
 from ..channel import ServerChannel
@@ -48,10 +56,12 @@ from ..envelopes import Command, CommandMethod, Message, Reason, ReasonCode
 from ..errors import ChannelClosed, LocalProtocolError, SessionError, TransportError
 from ..keys import AuthorizedKeys, Identity, format_public_key
 from ..node import Node
+from ..peerlog import PeerLog
 from ..protocol import NodeRegistry
 from ..transport import ServerSecurity, Transport, TransportListener, transport_factory
 from .access import AccessPolicy
 from .config import Limits, ServerConfig
+from .dedup import Entry, SetWindow, fingerprint
 from .errors import InvalidValue, NotAllowed, ParameterError, PluginError
 from .live import LiveParameter, PluginRuntime
 from .parameters import Parameter
@@ -197,11 +207,15 @@ class Server:
         self._listeners: list[TransportListener] = []
         self._owned_listeners: list[TransportListener] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Remembered sets: (identity, id) -> (what it asked for, its answer). A reused id with
-        # another request is refused.
-        self._recent: OrderedDict[
-            tuple[str, str], tuple[bytes, asyncio.Future[Command]]
-        ] = OrderedDict()
+        # Remembered sets, a window per identity (dedup.py). A reused id with another request
+        # is refused.
+        self._recent = SetWindow(self.limits.dedup_window)
+        #: What a peer can make the server log (refused connections, sessions set up or not,
+        #: messages, repeated sets): one line per kind and peer per interval, then a count.
+        self.peer_log = PeerLog(log)
+        #: The same for the channels of this server's sessions (bad frames, replies dropped
+        #: for a full peer queue, requests over the bound). Both are flushed by a timer.
+        self.channel_log = PeerLog(logging.getLogger("rain.channel"))
         self._executor: ThreadPoolExecutor | None = None
         self._runtime: PluginRuntime | None = None
         self._started = False
@@ -272,6 +286,7 @@ class Server:
             raise
         for live in self._live.values():
             live.start_periodic()
+        self._spawn(self._flush_logs(), "rain-peer-log")
         self._started = True
         log.info(
             "server %s started: %d parameters, epoch %s", self.node, len(self._live), self.epoch
@@ -365,11 +380,14 @@ class Server:
     async def handle(self, transport: Transport) -> None:
         """Serve one session over ``transport`` until it ends (the transport is closed then)."""
         await self.start()
+        peer = transport.peer_identity or transport.peer_address
         if self._closing or len(self._sessions) + len(self._establishing) >= (
             self.limits.max_sessions
         ):
-            log.warning("refusing a connection from %s: %s", transport.peer_address,
-                        "shutting down" if self._closing else "too many sessions")
+            self.peer_log.event(
+                logging.WARNING, "connection-refused", peer, "refusing a connection from %s: %s",
+                transport.peer_address, "shutting down" if self._closing else "too many sessions",
+            )
             await transport.close()
             return
         channel = ServerChannel(
@@ -378,6 +396,8 @@ class Server:
             authenticator=self.authenticator,
             registry=self._registry,
             establish_timeout=self.limits.establish_timeout,
+            max_requests_in_progress=self.limits.max_requests_in_progress,
+            peer_log=self.channel_log,
         )
         session = ServedSession(channel)
         # Handlers go in before the session is established: a client may send its first
@@ -387,23 +407,31 @@ class Server:
         self._establishing.add(channel)
         try:
             await channel.establish_session()
-        except (SessionError, TransportError) as exc:
-            log.info("session from %s not established: %s", transport.peer_address, exc)
+        except (SessionError, TransportError, ChannelClosed) as exc:
+            # ChannelClosed: the client hung up (or the link ended) before establishing; as
+            # ordinary as a refusal, so no traceback.
+            self.peer_log.event(
+                logging.INFO, "session-not-established", peer,
+                "session from %s not established: %s", transport.peer_address, exc,
+            )
             await channel.close()
             return
         finally:
             self._establishing.discard(channel)
         self._sessions.add(session)
-        log.info(
-            "session established: %s as %s (from %s)",
+        who = session.identity or peer
+        self.peer_log.event(
+            logging.INFO, "session-established", who, "session established: %s as %s (from %s)",
             session.node, session.identity, transport.peer_address or "local",
         )
         try:
             await channel.wait_closed()
         finally:
             self._release(session)
-            log.info("session ended: %s (%s)", session.node,
-                     channel.close_reason or "finished")
+            self.peer_log.event(
+                logging.INFO, "session-ended", who, "session ended: %s (%s)", session.node,
+                channel.close_reason or "finished",
+            )
 
     def _release(self, session: ServedSession) -> None:
         for name, subscription in list(session.subscriptions.items()):
@@ -484,9 +512,6 @@ class Server:
             if name in self._live:
                 param._bind(None)
         self._live.clear()
-        for _, future in self._recent.values():
-            if not future.done():
-                future.cancel()
         self._recent.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -500,6 +525,19 @@ class Server:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
+    async def _flush_logs(self) -> None:
+        # A timer, not synchronisation: summaries of suppressed peer events go out within an
+        # interval even when the peer has gone quiet.
+        interval = min(self.peer_log.interval, self.channel_log.interval)
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                self.peer_log.flush()
+                self.channel_log.flush()
+        finally:
+            self.peer_log.flush()
+            self.channel_log.flush()
+
     def _spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
         self._tasks.add(task)
@@ -512,9 +550,11 @@ class Server:
 
     # ------------------------------------------------------------------ messages
 
-    @staticmethod
-    def _log_message(session: ServedSession, message: Message) -> None:
-        log.info("message from %s (%s): %.200r", session.identity, message.type, message.content)
+    def _log_message(self, session: ServedSession, message: Message) -> None:
+        self.peer_log.event(
+            logging.INFO, "message", session.identity,
+            "message from %s (%s): %.200r", session.identity, message.type, message.content,
+        )
 
     # ------------------------------------------------------------------ dispatch
 
@@ -561,50 +601,50 @@ class Server:
     def _deduplicated(self, request: Request, handler: Handler) -> Awaitable[Response] | Command:
         command = request.command
         assert command.id is not None
-        key = (request.identity, command.id)
-        fingerprint = orjson.dumps(
-            [command.uri, command.type, command.resource], option=orjson.OPT_SORT_KEYS
-        )
-        remembered = self._recent.get(key)
+        identity = request.identity
+        digest = fingerprint(command)
+        remembered = self._recent.lookup(identity, command.id)
         if remembered is not None:
-            first_fingerprint, first = remembered
-            if first_fingerprint != fingerprint:
+            if remembered.fingerprint != digest:
                 return command.failure(
                     ReasonCode.COMMAND_INVALID_ARGUMENT,
                     f"command id {command.id} was already used for another set",
                 )
-            log.info("repeated set %s from %s answered once", command.id, request.identity)
-            return self._replay(command, first)
+            self.peer_log.event(
+                logging.INFO, "repeated-set", identity,
+                "repeated set %s from %s answered once", command.id, identity,
+            )
+            return self._replay(command, remembered.answer)
         future: asyncio.Future[Command] = asyncio.get_running_loop().create_future()
-        self._recent[key] = (fingerprint, future)
-        while len(self._recent) > self.limits.dedup_window:
-            _, (_, old) = self._recent.popitem(last=False)
-            if not old.done():
-                old.cancel()
-        return self._remember(request, handler, key, future)
+        self._recent.remember(identity, command.id, Entry(digest, future))
+        return self._remember(request, handler, future)
 
     async def _remember(
         self,
         request: Request,
         handler: Handler,
-        key: tuple[str, str],
         future: asyncio.Future[Command],
     ) -> Response:
         command = request.command
+        assert command.id is not None
         try:
             # Through _complete, so a set's refusals and errors are answered as any other's.
             response = await self._complete(command, _handle(handler, request))
         except BaseException:
-            self._recent.pop(key, None)
-            if not future.done():
-                future.cancel()
+            self._forget(request.identity, command.id, future)
             raise
         if response is None:
-            self._recent.pop(key, None)
-            future.cancel()
+            self._forget(request.identity, command.id, future)
         elif not future.done():
             future.set_result(response)
         return response
+
+    def _forget(self, identity: str, command_id: str, future: asyncio.Future[Command]) -> None:
+        entry = self._recent.lookup(identity, command_id)
+        if entry is not None and entry.answer is future:
+            self._recent.forget(identity, command_id)
+        if not future.done():
+            future.cancel()
 
     @staticmethod
     async def _replay(command: Command, first: asyncio.Future[Command]) -> Response:
