@@ -243,3 +243,38 @@ async def test_a_full_peer_queue_counts_as_drops_and_backs_off() -> None:
     assert delivered[0].resource["seq"] == 2
     assert delivered[0].resource["dropped"] == 1
     sub.close()
+
+
+async def test_a_sample_refused_with_queue_full_keeps_the_drop_count_it_carried() -> None:
+    # Samples 1-3 are dropped from a queue of one before the first push; the push of sample 4,
+    # which carries "dropped": 3, is refused. Those 3 drops and sample 4 itself must reach
+    # the client with the next observe that does go out: 4 in all, not 1.
+    delivered: list[Command] = []
+    refused = asyncio.Event()
+    done = asyncio.Event()
+    attempts = 0
+
+    async def send(command: Command) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            assert command.resource["dropped"] == 3
+            refused.set()
+            raise QueueFull("peer full")
+        delivered.append(command)
+        done.set()
+
+    sub = Subscription("x", "/params/x", send, maxlen=1)
+    for seq in range(1, 5):
+        sub.offer(Sample(seq, "t", seq, "e"))
+    assert sub.total_drops == 3
+    sub.start()
+    async with asyncio.timeout(5):
+        await refused.wait()
+    sub.offer(Sample(5, "t", 5, "e"))
+    async with asyncio.timeout(5):
+        await done.wait()
+    assert delivered[0].resource["seq"] == 5
+    assert delivered[0].resource["dropped"] == 4
+    assert sub.total_drops == 4
+    sub.close()
