@@ -367,6 +367,7 @@ def error_tree() -> str:
 #: How the public API (``rain_envelopes.__all__``) is grouped on docs/reference/api.md. Every
 #: exported name must appear exactly once: a new export fails the generator until it is placed.
 API_GROUPS: dict[str, tuple[str, ...]] = {
+    "The reconnecting client": ("Client", "ClientState", "StateChange", "Backoff", "Update"),
     "Connecting and channels": ("connect", "Channel", "ClientChannel", "ServerChannel"),
     "Envelopes": ("Envelope", "Message", "Notification", "Command", "Session", "Reason", "Node"),
     "Enumerations": (
@@ -387,7 +388,8 @@ API_GROUPS: dict[str, tuple[str, ...]] = {
         "EnvelopeDecodeError", "EnvelopeValidationError", "SessionError", "SessionFailed",
         "AuthenticationFailed", "EstablishTimeout", "CommandFailed", "CommandTimeout",
         "ChannelClosed", "KeyFileError", "ConfigError", "TransportError", "TransportClosed",
-        "QueueFull", "TransportSecurityError",
+        "QueueFull", "TransportSecurityError", "NotDone", "Disconnected", "ResponseTimeout",
+        "ClientClosed",
     ),
 }
 

@@ -16,6 +16,10 @@ library, so callers only ever need to catch what is drawn here::
     ├── CommandFailed                  a command answered with status failure; carries the reason
     ├── CommandTimeout                 (also TimeoutError) no response in time
     ├── ChannelClosed                  the channel ended while we were waiting on it
+    ├── NotDone                        (client.Client) not carried out; repeating it is safe
+    │   ├── Disconnected               no session to carry it within its time, or the link was lost
+    │   ├── ResponseTimeout            (also CommandTimeout) sent, no answer within its time
+    │   └── ClientClosed               the client was closed (or gave up) first
     ├── KeyFileError                   a key file is missing, malformed or has unsafe permissions
     ├── ConfigError                    (also ValueError) a bad configuration value; names the key
     └── TransportError                 (also OSError) the link failed
@@ -36,18 +40,22 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthenticationFailed",
     "ChannelClosed",
+    "ClientClosed",
     "CommandFailed",
     "CommandTimeout",
     "ConfigError",
+    "Disconnected",
     "EnvelopeDecodeError",
     "EnvelopeValidationError",
     "EstablishTimeout",
     "KeyFileError",
     "LocalProtocolError",
+    "NotDone",
     "ProtocolError",
     "QueueFull",
     "RainError",
     "RemoteProtocolError",
+    "ResponseTimeout",
     "SessionError",
     "SessionFailed",
     "TransportClosed",
@@ -144,6 +152,34 @@ class CommandTimeout(RainError, TimeoutError):
 
 class ChannelClosed(RainError):
     """The channel ended (finished, failed or link lost) while something was waiting on it."""
+
+
+class NotDone(RainError):
+    """The reconnecting client could not carry a request out; repeating it is safe.
+
+    The one family to catch for "try again" when using :class:`rain_envelopes.client.Client`:
+    it never lets ``ChannelClosed``, ``SessionError``, ``TransportError`` or a transport's own
+    exceptions escape for a lost link. Safe to repeat because gets, subscribes and unsubscribes
+    are idempotent and a set keeps one command id (answered once by the server) and carries an
+    expiry (never applied after its caller gave up). ``cause`` is the underlying error, if any.
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class Disconnected(NotDone):
+    """No established session to carry the request within its time (or the caller chose not to
+    wait for one), or the session was lost under it and no time was left to try again."""
+
+
+class ResponseTimeout(NotDone, CommandTimeout):
+    """The request was sent but no response came within its time (also a CommandTimeout)."""
+
+
+class ClientClosed(NotDone):
+    """The client was closed, or gave up reconnecting, before the request could be done."""
 
 
 class KeyFileError(RainError):

@@ -17,12 +17,15 @@ EXPECTED = {
     # channels and transports
     "Channel", "ClientChannel", "ServerChannel", "connect", "Transport", "TransportListener",
     "TransportFactory", "ClientSecurity", "ServerSecurity", "transport_factory",
+    # the reconnecting client
+    "Client", "ClientState", "StateChange", "Backoff", "Update",
     # errors
     "RainError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
     "EnvelopeDecodeError", "EnvelopeValidationError", "SessionError", "SessionFailed",
     "AuthenticationFailed", "EstablishTimeout", "CommandFailed", "CommandTimeout",
     "ChannelClosed", "KeyFileError", "ConfigError", "TransportError", "TransportClosed",
-    "QueueFull", "TransportSecurityError",
+    "QueueFull", "TransportSecurityError", "NotDone", "Disconnected", "ResponseTimeout",
+    "ClientClosed",
 }
 
 
