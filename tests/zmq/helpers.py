@@ -10,8 +10,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
+
+import zmq
+import zmq.utils.z85
 
 from rain_envelopes.keys import AuthorizedKeys, Identity
 from rain_transport_zmq import ZmqOptions, ZmqPeerTransport, ZmqTransport, ZmqTransportListener
@@ -62,6 +65,17 @@ class LogWatcher(logging.Handler):
             self._waiters.remove(entry)
 
 
+async def eventually(predicate: Callable[[], bool], seconds: float = STEP) -> None:
+    """Return once ``predicate()`` holds; TimeoutError after ``seconds``.
+
+    Only for state nothing signals (a counter another thread bumps, a descriptor set): it
+    looks every 10 ms within the deadline. Prefer waiting on a log line or an event.
+    """
+    async with asyncio.timeout(seconds):
+        while not predicate():  # noqa: ASYNC110 - nothing signals this state
+            await asyncio.sleep(0.01)
+
+
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -104,6 +118,20 @@ def client_for(
         server_key=server.public_key,
         options=options,
     )
+
+
+def raw_curve_dealer(
+    context: zmq.Context[Any], identity: Identity, server: Identity
+) -> zmq.Socket[Any]:
+    """A bare DEALER holding ``identity``'s CURVE keys and pinning ``server``: an attacker's (or
+    a careless client's) socket, with none of our transport's manners. Not yet connected."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    public, secret = identity.curve_keypair()
+    sock.curve_publickey = zmq.utils.z85.encode(public)
+    sock.curve_secretkey = zmq.utils.z85.encode(secret)
+    sock.curve_serverkey = zmq.utils.z85.encode(server.curve_keypair()[0])
+    return sock
 
 
 def port_of(endpoint: str) -> int:
