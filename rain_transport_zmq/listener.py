@@ -27,6 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
+import logging
+import os
+import socket
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +46,7 @@ from rain_envelopes.errors import (
     TransportSecurityError,
 )
 from rain_envelopes.keys import Identity, format_public_key
+from rain_envelopes.peerlog import PeerLog
 from rain_envelopes.transport import ClientSecurity, ServerSecurity, Transport, TransportListener
 
 from ._common import (
@@ -108,8 +113,12 @@ class ZmqPeerTransport(Transport):
         self._fd: int | None = None
 
     def __repr__(self) -> str:
-        who = self.peer_identity or self.routing_id.hex()
-        return f"<ZmqPeerTransport {who} {'closed' if self._closed else 'open'}>"
+        return f"<ZmqPeerTransport {self._who} {'closed' if self._closed else 'open'}>"
+
+    @property
+    def _who(self) -> str:
+        """How logs name this peer: its proven key, else its address, else its routing id."""
+        return self.peer_identity or self.peer_address or self.routing_id.hex()
 
     @property
     def closed(self) -> bool:
@@ -196,6 +205,19 @@ class ZmqTransportListener(TransportListener):
         self._fd_peers: dict[int, set[bytes]] = {}
         self._live_fds: set[int] = set()
         self._doomed: set[bytes] = set()
+        # Connection serials: a number per ACCEPTED event, by descriptor. Descriptor numbers are
+        # reused; a serial tells one connection on a descriptor from the next.
+        self._fd_serial: dict[int, int] = {}
+        self._serials = itertools.count(1)
+        #: Connections told ``bye``: descriptor -> (serial, the deadline's timer, who).
+        self._bye_deadlines: dict[int, tuple[int, asyncio.TimerHandle, str]] = {}
+        #: Connections this listener shut down because their peer ignored ``bye``.
+        self.forced_closes = 0
+        #: Everything a peer can make us log goes through here (one line per peer, kind and
+        #: interval, then a count): an attacker must not decide how much we write.
+        self.peer_log = PeerLog(log, interval=self.options.log_interval)
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._start_lock = asyncio.Lock()
         self._closed = False
@@ -234,7 +256,7 @@ class ZmqTransportListener(TransportListener):
             raise TransportClosed("listener is closed")
         if self._started:
             return
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         options = self.options
         # Our own context: the ZAP handler must live in the context of the socket it guards,
         # and only one handler can bind per context.
@@ -242,7 +264,10 @@ class ZmqTransportListener(TransportListener):
         try:
             if self.secure or self.networks:
                 self.authenticator = ZapAuthenticator(
-                    context, authorized_keys=self.authorized_keys, networks=self.networks
+                    context,
+                    authorized_keys=self.authorized_keys,
+                    networks=self.networks,
+                    peer_log=self.peer_log,
                 )
                 try:
                     self.authenticator.start()  # before bind: trap 1
@@ -283,7 +308,19 @@ class ZmqTransportListener(TransportListener):
             self._closed = True
             raise
         self._started = True
+        self._schedule_log_flush()
         log.info("listening on %s", ", ".join(self._bound))
+
+    def _schedule_log_flush(self) -> None:
+        # Twice per interval, so a summary is written at most half an interval late.
+        assert self._loop is not None
+        self._flush_timer = self._loop.call_later(self.options.log_interval / 2, self._flush_log)
+
+    def _flush_log(self) -> None:
+        self._flush_timer = None
+        self.peer_log.flush()
+        if not self._closed:
+            self._schedule_log_flush()
 
     def _configure_router(self, router: zmq.Socket[bytes]) -> None:
         options = self.options
@@ -369,14 +406,14 @@ class ZmqTransportListener(TransportListener):
                     user_id = str(frame.get("User-Id"))
                 except zmq.ZMQError:
                     # Trap 1 again: without a User-Id the handshake was not checked by us.
-                    self._drop(routing_id, "a frame without a CURVE User-Id")
+                    self._drop(routing_id, "a frame without a CURVE User-Id", _frame_address(frame))
                     continue
             if rest is None:
                 self._on_data(routing_id, user_id, frame.bytes)
             elif frame.bytes == CONTROL and rest == [HELLO]:
                 self._on_hello(routing_id, user_id, _frame_address(frame), _frame_fd(frame))
             else:
-                self._drop(routing_id, "an unknown multipart message")
+                self._drop(routing_id, "an unknown multipart message", self._name(user_id))
         else:
             assert self._router_pump is not None
             self._router_pump.kick()  # a full batch: come back after the loop had a turn
@@ -384,9 +421,21 @@ class ZmqTransportListener(TransportListener):
         # Everything queued has been read: the frames of closed connections are delivered.
         self._bury_doomed()
 
-    def _drop(self, routing_id: bytes, what: str) -> None:
+    def _drop(self, routing_id: bytes, what: str, who: str | None) -> None:
+        """Count and log (rate-limited, per sender) one frame we refuse.
+
+        ``who`` names the sender as well as we know it: a proven key or an address. Never the
+        routing id alone, which the sender chooses and could vary to spread over log keys.
+        """
         self.dropped_frames += 1
-        log.warning("dropped %s (routing id %s)", what, routing_id.hex())
+        self.peer_log.event(
+            logging.WARNING,
+            "dropped-frame",
+            who,
+            "dropped %s (routing id %s)",
+            what,
+            routing_id.hex(),
+        )
 
     def _lookup(self, user_id: str | None) -> bytes | None:
         """The authorised Ed25519 key behind a User-Id (Z85 Curve25519 key), or None."""
@@ -398,6 +447,12 @@ class ZmqTransportListener(TransportListener):
             return None
         return self.authorized_keys.lookup_curve(curve)
 
+    def _name(self, user_id: str | None) -> str | None:
+        """How logs name the sender of a frame: its Ed25519 key when authorised, else its
+        User-Id (a key our ZAP handler accepted), else None (an insecure listener's unknown)."""
+        key = self._lookup(user_id)
+        return format_public_key(key) if key is not None else user_id
+
     def _keys_version(self) -> int:
         return self.authorized_keys.version if self.authorized_keys is not None else 0
 
@@ -408,16 +463,28 @@ class ZmqTransportListener(TransportListener):
         if self.secure:
             ed25519_key = self._lookup(user_id)
             if ed25519_key is None:
-                self._drop(routing_id, "a hello from a key that is not authorised (any more)")
+                self._drop(
+                    routing_id, "a hello from a key that is not authorised (any more)", user_id
+                )
                 return
         # Apply pending monitor events first: a disconnect of an earlier connection on this
         # descriptor (numbers are reused) or under this routing id must not hit the new peer.
         self._drain_monitor()
+        if fd is not None and self._told_bye(fd):
+            # A well-behaved client closes its connection on bye and says hello on a new one.
+            self._drop(
+                routing_id, "a hello on a connection told to leave", self._name(user_id) or address
+            )
+            return
         existing = self._peers.get(routing_id)
         if existing is not None:
             if routing_id not in self._doomed:
                 if existing.user_id != user_id:
-                    self._drop(routing_id, "a hello claiming another peer's routing id")
+                    self._drop(
+                        routing_id,
+                        "a hello claiming another peer's routing id",
+                        self._name(user_id) or address,
+                    )
                 return
             # The routing id was reused (clients may choose theirs) after its connection ended.
             self._end_peer(existing, TransportClosed("peer disconnected"), bye=False)
@@ -436,22 +503,34 @@ class ZmqTransportListener(TransportListener):
                 self._fd_peers.setdefault(fd, set()).add(routing_id)
             else:  # its connection already ended: deliver what it sent, then close
                 self._doomed.add(routing_id)
-        log.info("peer %s connected from %s", peer.peer_identity or routing_id.hex(), address)
+        # Per connection, and only authorised keys get this far; still rate-limited, so a
+        # valid key reconnecting in a loop cannot flood the log either.
+        self.peer_log.event(
+            logging.INFO, "connected", peer._who, "peer %s connected from %s", peer._who, address
+        )
         self._accepted.put_nowait(peer)
 
     def _on_data(self, routing_id: bytes, user_id: str | None, payload: bytes) -> None:
         peer = self._peers.get(routing_id)
         if peer is None:
-            self._drop(routing_id, "a frame from a peer without a live transport")
+            # In a secure listener user_id is a key our ZAP handler accepted; an insecure one
+            # counts every unknown sender under one name.
+            self._drop(
+                routing_id, "a frame from a peer without a live transport", self._name(user_id)
+            )
             return
         if peer.user_id != user_id:
             peer.dropped_frames += 1
-            self._drop(routing_id, "a frame whose User-Id differs from its transport's")
+            self._drop(
+                routing_id,
+                "a frame whose User-Id differs from its transport's",
+                self._name(user_id),
+            )
             return
         if self.secure and peer.keys_version != self._keys_version():
             if self._lookup(user_id) != peer.ed25519_key:
                 peer.dropped_frames += 1
-                self._drop(routing_id, f"a frame from revoked key {peer.peer_identity}")
+                self._drop(routing_id, f"a frame from revoked key {peer.peer_identity}", peer._who)
                 self._end_peer(peer, TransportClosed("peer key no longer authorised"), bye=True)
                 return
             peer.keys_version = self._keys_version()
@@ -459,9 +538,12 @@ class ZmqTransportListener(TransportListener):
             # A ROUTER cannot push back on one peer, and a hole in the stream would break the
             # transport's promise: end this peer's link instead (the client is told).
             peer.dropped_frames += 1
-            log.warning(
+            self.peer_log.event(
+                logging.WARNING,
+                "overrun",
+                peer._who,
                 "peer %s sent more than %d frames ahead of its session; closing its link",
-                peer.peer_identity or routing_id.hex(),
+                peer._who,
                 self.options.peer_receive_buffer,
             )
             self._end_peer(peer, TransportClosed("peer overran its receive buffer"), bye=True)
@@ -474,15 +556,30 @@ class ZmqTransportListener(TransportListener):
         for kind, value, endpoint in monitor_events(self._monitor):
             if kind == zmq.EVENT_ACCEPTED:
                 self._live_fds.add(value)
+                self._fd_serial[value] = next(self._serials)
             elif kind == zmq.EVENT_DISCONNECTED:
                 self._live_fds.discard(value)
+                self._fd_serial.pop(value, None)
+                told = self._bye_deadlines.pop(value, None)
+                if told is not None:
+                    told[1].cancel()  # it left as asked
                 gone = self._fd_peers.pop(value, set())
                 if gone:
                     self._doomed |= gone
                     if self._router_pump is not None:
                         self._router_pump.kick()
             else:
-                log.info("handshake failed on %s (event %d, detail %d)", endpoint, kind, value)
+                # The endpoint is the listener's, not the peer's: every failed handshake is
+                # counted under it, so garbage from many sources still makes one line a turn.
+                self.peer_log.event(
+                    logging.INFO,
+                    "handshake-failed",
+                    endpoint,
+                    "handshake failed on %s (event %d, detail %d)",
+                    endpoint,
+                    kind,
+                    value,
+                )
 
     def _bury_doomed(self) -> None:
         doomed, self._doomed = self._doomed, set()
@@ -537,8 +634,74 @@ class ZmqTransportListener(TransportListener):
                 router.send_multipart([routing_id, CONTROL, BYE], zmq.NOBLOCK)
             if self._router_pump is not None:
                 self._router_pump.kick()
+            if peer._fd is not None:
+                self._set_bye_deadline(peer._fd, peer._who)
         peer.inbox.end(error)
-        log.info("link to peer %s closed: %s", peer.peer_identity or routing_id.hex(), error)
+        self.peer_log.event(
+            logging.INFO, "closed", peer._who, "link to peer %s closed: %s", peer._who, error
+        )
+
+    # -------------------------------------------------------------------------- bye deadline
+
+    def _told_bye(self, fd: int) -> bool:
+        """Whether the connection now on ``fd`` was told ``bye`` (monitor events applied)."""
+        told = self._bye_deadlines.get(fd)
+        return told is not None and told[0] == self._fd_serial.get(fd)
+
+    def _set_bye_deadline(self, fd: int, who: str) -> None:
+        """Shut the connection on ``fd`` down unless it is gone within ``bye_timeout``."""
+        loop = self._loop
+        serial = self._fd_serial.get(fd)
+        if loop is None or serial is None or self._told_bye(fd):
+            return  # not started, already gone, or already told
+        timer = loop.call_later(self.options.bye_timeout, self._bye_deadline_passed, fd, serial)
+        self._bye_deadlines[fd] = (serial, timer, who)
+
+    def _bye_deadline_passed(self, fd: int, serial: int) -> None:
+        told = self._bye_deadlines.get(fd)
+        if told is None or told[0] != serial:
+            return
+        del self._bye_deadlines[fd]
+        # libzmq has no way to drop one peer of a ROUTER, so we shut the TCP (or ipc) socket
+        # down under it through a duplicate of its descriptor; libzmq then reads end-of-file
+        # and ends the connection as if the peer had hung up (DISCONNECTED follows).
+        #
+        # Descriptor numbers are reused, so we must not hit whatever holds the number now.
+        # The duplicate is taken *first*: it pins the open file, whatever libzmq does next.
+        # Then the monitor is drained: libzmq emits DISCONNECTED before it closes a
+        # connection's descriptor, so if the number had been closed (and maybe reused) before
+        # our dup, that event is already queued and the serial check below fails; a new
+        # connection on the same number has a new serial. What remains: monitor events lost
+        # because the monitor's queue overflowed (it holds 1000 events), after which our view
+        # of live descriptors could be stale; the serial check still refuses numbers whose
+        # ACCEPTED we did see.
+        try:
+            dup = os.dup(fd)
+        except OSError:
+            return  # closed already
+        try:
+            self._drain_monitor()
+            if self._fd_serial.get(fd) != serial:
+                return  # it left (just now) after all
+            try:
+                conn = socket.socket(fileno=dup)
+            except OSError:
+                return  # not a socket: not a connection of ours
+            dup = -1  # owned by conn now
+            with conn, contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        finally:
+            if dup >= 0:
+                os.close(dup)
+        self.forced_closes += 1
+        self.peer_log.event(
+            logging.WARNING,
+            "bye-ignored",
+            told[2],
+            "peer %s kept its connection %.1f s after bye; shut it down",
+            told[2],
+            self.options.bye_timeout,
+        )
 
     # -------------------------------------------------------------------------- public API
 
@@ -598,8 +761,12 @@ class ZmqTransportListener(TransportListener):
         for pump in self._pumps:
             pump.close()
         self._pumps, self._router_pump = [], None
-        if self.authenticator is not None:
-            self.authenticator.stop()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        for _serial, timer, _who in self._bye_deadlines.values():
+            timer.cancel()
+        self._bye_deadlines.clear()
         router, monitor = self._router, self._monitor
         self._router = self._monitor = None
         if router is not None:
@@ -608,6 +775,10 @@ class ZmqTransportListener(TransportListener):
             router.close(linger=0)
         if monitor is not None:
             monitor.close(linger=0)
+        # Only now: with no handler in the context libzmq would accept any key (trap 1), so
+        # the ROUTER it guards goes first.
+        if self.authenticator is not None:
+            self.authenticator.stop()
         context, self._context = self._context, None
         if context is not None:
             # Every socket of this context is closed with LINGER 0 above, so this cannot hang.

@@ -103,9 +103,11 @@ class ZmqOptions:
                                           growing.
     peer_receive_buffer        1000       Frames the listener holds for one peer whose
                                           session is not reading. A ROUTER cannot push
-                                          back on one peer alone, so further frames from
-                                          that peer are dropped, counted in
-                                          ``dropped_frames`` and logged.
+                                          back on one peer alone, and a hole in the stream
+                                          would break the transport's ordering promise, so
+                                          the next frame ends that peer's link: the client
+                                          is sent a ``bye``, its transport closes, and the
+                                          frame is counted in ``dropped_frames``.
     receive_batch              256        Frames read per wake-up before yielding to the
                                           event loop: draining with non-blocking reads is
                                           about 4x faster than one await per frame, and
@@ -115,6 +117,17 @@ class ZmqOptions:
                                           unknown key must be refused) may take; no answer
                                           in time also refuses to serve.
     io_threads                 1          libzmq I/O threads of a listener's own context.
+    bye_timeout                2 s        How long a peer told ``bye`` (session over, key
+                                          revoked, receive buffer overrun) may keep its
+                                          connection. A ROUTER cannot drop one peer, so a
+                                          client that ignores ``bye`` would otherwise keep
+                                          it as long as its heartbeats arrive; past this
+                                          deadline the listener shuts the connection down.
+    log_interval               10 s       Everything a peer can make the listener log
+                                          (refused handshakes, dropped frames, overruns)
+                                          is written at most once per peer and kind in
+                                          this interval, then summed up in one line with
+                                          a count: an attacker cannot fill the disk.
     =========================  =========  =================================================
     """
 
@@ -145,6 +158,8 @@ class ZmqOptions:
     receive_batch: int = 256
     self_test_timeout: float = 5.0
     io_threads: int = 1
+    bye_timeout: float = 2.0
+    log_interval: float = 10.0
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -160,6 +175,8 @@ class ZmqOptions:
                 raise ConfigError(
                     f"transport option {spec.name}: expected an integer, got {value!r}"
                 )
+            if spec.name in _POSITIVE and value <= 0:
+                raise ConfigError(f"transport option {spec.name}: must be more than 0")
             if value < _MINIMUMS.get(spec.name, 0):
                 raise ConfigError(
                     f"transport option {spec.name}: {value!r} is below the minimum"
@@ -212,3 +229,6 @@ _MINIMUMS: dict[str, float] = {
     "receive_batch": 1,
     "io_threads": 1,
 }
+# Times that must be positive: a bye deadline of 0 would cut a peer before its bye arrives,
+# and a log interval of 0 would make PeerLog meaningless (it refuses one).
+_POSITIVE = frozenset({"bye_timeout", "log_interval"})
