@@ -4,7 +4,9 @@ Invariants:
 
 - **Fails closed.** The ZAP authenticator is started in the listener's own context before
   ``bind``, is referenced by the listener, and ``start()`` proves it with a throwaway key that
-  must be refused; otherwise TransportSecurityError and nothing is served (trap 1).
+  must be refused; otherwise TransportSecurityError and nothing is served (trap 1). On close the
+  ROUTER goes before the authenticator. The authenticator answers on its own thread, so a busy
+  event loop never delays a handshake (trap 15).
 - **Identity comes from each frame's ``User-Id``**, which our ZAP handler set to the client's
   proven Curve25519 key; it is mapped to the Ed25519 key through the live authorised-keys
   table. Never from the routing id (the client chooses it) or shared state. A frame without a
@@ -17,6 +19,18 @@ Invariants:
   are reused, so pending monitor events are applied before a new peer is bound to one.
 - **Nothing is dropped silently on send.** ROUTER_MANDATORY and non-blocking sends: a full peer
   raises QueueFull, a gone one :class:`PeerGone` (QueueFull and TransportClosed).
+- **A peer told ``bye`` leaves, or is made to.** A ROUTER cannot drop one connection, so the
+  listener asks the client to (``bye``: session over, key revoked, receive buffer overrun) and
+  starts a ``bye_timeout`` timer. If the connection is still open then, the listener shuts its
+  socket down under libzmq through a duplicate of its descriptor; libzmq reads end-of-file and
+  ends the connection. Each ACCEPTED event gives the descriptor a new serial, and the deadline
+  only acts on the serial it was set for, so a reused descriptor number is never hit (the
+  remaining risk is spelled out in ``_bye_deadline_passed``). A ``hello`` on a connection told
+  ``bye`` is dropped.
+- **A peer never decides how much we log.** Every line a peer can trigger (dropped frames,
+  overruns, failed or refused handshakes, connects and closes) goes through the listener's
+  :class:`~rain_envelopes.peerlog.PeerLog`, shared with its authenticator's thread: one line per
+  (kind, peer) per ``log_interval``, then a count. A timer flushes the summaries.
 - **Revocation is ours to do** (libzmq checks keys once per connection, trap 3):
   :meth:`ZmqTransportListener.reload_keys` closes the links of removed keys before it returns,
   and every frame re-checks its key whenever the table's version changed.
