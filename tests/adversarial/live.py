@@ -16,7 +16,9 @@ Budgets shared by every attacker (issue 7, "done when"):
   (with a floor of one second): once peer-triggered logging is rate limited to one line per
   peer and kind per interval (plus a summary), an attacker costs a few hundred bytes per
   interval, so 20 kB leaves room for the legitimate lines of the good clients while still
-  catching one line per refused handshake or per bad frame (7,000 a second in issue 7).
+  catching one line per refused handshake or per bad frame (7,000 a second in issue 7);
+  and no line longer than :data:`MAX_LOG_LINE` (peer data echoed whole would defeat the limit);
+- no traceback and no never-awaited coroutine in the log while under attack.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "GET_BOUND",
     "HANDSHAKE_BOUND",
     "LOG_BYTES_PER_ATTACKER_SECOND",
+    "MAX_LOG_LINE",
     "MEMORY_BUDGET",
     "MEMORY_SETTLED",
     "SETTLE_SECONDS",
@@ -65,6 +68,7 @@ SETTLE_SECONDS = 5.0
 HANDSHAKE_BOUND = 1.0
 GET_BOUND = 1.0
 LOG_BYTES_PER_ATTACKER_SECOND = 20_000
+MAX_LOG_LINE = 1024
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "weather_station"
 
@@ -298,17 +302,31 @@ class Attack:
         )
 
     def check_log(self) -> None:
+        """Log bytes within budget, and no line longer than MAX_LOG_LINE: what a peer sends
+        (an id, a message) must not reach the log untruncated, or one line per interval can
+        still be 256 kB."""
+        window = self.server.log_text(self.log_start, self.log_end)
         assert self.log_per_attacker_second <= LOG_BYTES_PER_ATTACKER_SECOND, (
             f"{self.name}: {self.log_end - self.log_start} log bytes in {self.seconds:.1f} s"
             f" from {self.attackers} attacker(s): {self.log_per_attacker_second:.0f} B per"
             f" attacker-second, budget {LOG_BYTES_PER_ATTACKER_SECOND}.\nFirst lines:\n"
-            + "\n".join(self.server.log_text(self.log_start, self.log_end).splitlines()[:8])
+            + "\n".join(line[:300] for line in window.splitlines()[:8])
+        )
+        longest = max(window.splitlines(), key=len, default="")
+        assert len(longest) <= MAX_LOG_LINE, (
+            f"{self.name}: a log line of {len(longest)} characters: {longest[:300]}..."
         )
 
-    def check_no_traceback(self) -> None:
-        """No traceback in what the server logged from ``start()`` to ``stop()``."""
+    def check_clean_log(self) -> None:
+        """No traceback and no coroutine left unawaited in what the server logged from
+        ``start()`` to ``stop()`` (a peer must not be able to make either happen)."""
         text = self.server.log_text(self.log_start, self.log_end)
-        assert "Traceback" not in text, f"{self.name}: the server logged a traceback:\n{text}"
+        for sign in ("Traceback", "was never awaited"):
+            lines = [line for line in text.splitlines() if sign in line]
+            assert not lines, (
+                f"{self.name}: the server logged {sign!r} {len(lines)} time(s):\n"
+                + "\n".join(line[:300] for line in text.splitlines()[:40])
+            )
 
 
 # ------------------------------------------------------------------------------ fixtures' helpers
