@@ -106,6 +106,14 @@ def _expire(future: asyncio.Future[Any]) -> None:
         future.set_exception(TimeoutError())
 
 
+def _close_unstarted(coroutine: Any) -> None:
+    # A task cancelled before its first step (the session ended right after the request
+    # arrived) never awaits the handler's coroutine: close it, or Python warns that it was
+    # never awaited.
+    if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+        coroutine.close()
+
+
 def _normalise_uri(uri: str) -> str:
     # LIME: a trailing '/' is ignored.
     return uri[:-1] if len(uri) > 1 and uri.endswith("/") else uri
@@ -452,7 +460,9 @@ class Channel:
             self._reply(result)
         elif inspect.isawaitable(result):
             self._in_progress += 1
-            self._spawn(self._finish_command(command, result))
+            task = self._spawn(self._finish_command(command, result))
+            if inspect.iscoroutine(result):
+                task.add_done_callback(lambda _: _close_unstarted(result))
 
     async def _finish_command(self, command: Command, pending: Awaitable[Any]) -> None:
         try:
@@ -556,10 +566,11 @@ class Channel:
         except Exception:
             log.exception("%s: %s failed", self, what)
 
-    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+    def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ---------------------------------------------------------------------------- keepalive
 

@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -203,3 +205,25 @@ async def test_thousands_of_dropped_replies_are_two_lines_with_a_count(
         assert len(lines) == 2
         assert "more queue-full events from alice@irf" in lines[1]
         assert not server.closed
+
+
+async def test_a_request_cut_off_by_the_end_of_the_session_leaves_no_unawaited_coroutine() -> None:
+    made: list[Coroutine[Any, Any, Command]] = []
+
+    async def work(command: Command) -> Command:
+        return command.success({})
+
+    def handler(command: Command) -> Coroutine[Any, Any, Command]:
+        made.append(work(command))
+        return made[-1]
+
+    async with channels(max_requests_in_progress=4) as (_, server):
+        server.on_command = handler
+        # Dispatched, then the session ends before the request's task ever runs: the
+        # handler's coroutine must be closed, not left for Python to warn about.
+        server._dispatch_command(Command("get", "/cut", id="c1"))
+        tasks = list(server._tasks)
+        await server.close()
+        await asyncio.wait(tasks, timeout=STEP)  # its done callbacks ran before this returns
+    assert len(made) == 1
+    assert inspect.getcoroutinestate(made[0]) == inspect.CORO_CLOSED
