@@ -131,7 +131,9 @@ class ZapAuthenticator:
     ``authorized_keys`` None means the listener is insecure (NULL mechanism): only the address
     is checked then. With keys, only CURVE is accepted. Counts of ``accepted`` and ``refused``
     requests are kept for tests and metrics. Refusals are logged through ``peer_log`` (one line
-    per peer address and interval, with counts), so an attacker cannot decide how much we write.
+    per peer address and interval, with counts), so an attacker cannot decide how much we write;
+    the listener passes its own, which it flushes on a timer. Without one the authenticator
+    makes its own, whose summaries then wait for the next refusal after the interval.
     """
 
     def __init__(
