@@ -598,8 +598,8 @@ class Channel:
                     Reason(ReasonCode.SESSION_ERROR, "peer did not answer pings")
                 )
                 return
-            except (ChannelClosed, SessionError, TransportError):
-                return
+            except (ChannelClosed, SessionError, TransportError, LocalProtocolError):
+                return  # ended, or finishing: no more requests may be sent
 
     # ---------------------------------------------------------------------------- ending
 
