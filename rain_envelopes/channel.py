@@ -106,12 +106,19 @@ def _expire(future: asyncio.Future[Any]) -> None:
         future.set_exception(TimeoutError())
 
 
-def _close_unstarted(coroutine: Any) -> None:
+def _close_unstarted(coroutine: Any, depth: int = 4) -> None:
     # A task cancelled before its first step (the session ended right after the request
     # arrived) never awaits the handler's coroutine: close it, or Python warns that it was
-    # never awaited.
-    if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
-        coroutine.close()
+    # never awaited. A handler's coroutine often wraps another it was given as an argument
+    # (the server's _complete(_read(...))): those are closed too.
+    if depth < 1 or inspect.getcoroutinestate(coroutine) != inspect.CORO_CREATED:
+        return
+    frame = coroutine.cr_frame
+    arguments = list(frame.f_locals.values()) if frame is not None else []
+    coroutine.close()
+    for value in arguments:
+        if inspect.iscoroutine(value):
+            _close_unstarted(value, depth - 1)
 
 
 def _normalise_uri(uri: str) -> str:

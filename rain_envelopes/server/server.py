@@ -412,7 +412,7 @@ class Server:
             # ordinary as a refusal, so no traceback.
             self.peer_log.event(
                 logging.INFO, "session-not-established", peer,
-                "session from %s not established: %s", transport.peer_address, exc,
+                "session from %s not established: %.200s", transport.peer_address, exc,
             )
             await channel.close()
             return
@@ -553,7 +553,7 @@ class Server:
     def _log_message(self, session: ServedSession, message: Message) -> None:
         self.peer_log.event(
             logging.INFO, "message", session.identity,
-            "message from %s (%s): %.200r", session.identity, message.type, message.content,
+            "message from %s (%.64r): %.200r", session.identity, message.type, message.content,
         )
 
     # ------------------------------------------------------------------ dispatch
@@ -612,7 +612,7 @@ class Server:
                 )
             self.peer_log.event(
                 logging.INFO, "repeated-set", identity,
-                "repeated set %s from %s answered once", command.id, identity,
+                "repeated set %.64r from %s answered once", command.id, identity,
             )
             return self._replay(command, remembered.answer)
         future: asyncio.Future[Command] = asyncio.get_running_loop().create_future()

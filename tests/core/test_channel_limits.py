@@ -213,8 +213,13 @@ async def test_a_request_cut_off_by_the_end_of_the_session_leaves_no_unawaited_c
     async def work(command: Command) -> Command:
         return command.success({})
 
+    async def wrapper(pending: Coroutine[Any, Any, Command]) -> Command:
+        return await pending
+
     def handler(command: Command) -> Coroutine[Any, Any, Command]:
+        # As the server does: a coroutine that awaits another it was handed.
         made.append(work(command))
+        made.append(wrapper(made[0]))
         return made[-1]
 
     async with channels(max_requests_in_progress=4) as (_, server):
@@ -225,5 +230,4 @@ async def test_a_request_cut_off_by_the_end_of_the_session_leaves_no_unawaited_c
         tasks = list(server._tasks)
         await server.close()
         await asyncio.wait(tasks, timeout=STEP)  # its done callbacks ran before this returns
-    assert len(made) == 1
-    assert inspect.getcoroutinestate(made[0]) == inspect.CORO_CLOSED
+    assert [inspect.getcoroutinestate(c) for c in made] == [inspect.CORO_CLOSED] * 2
