@@ -25,6 +25,25 @@ peer per interval, then one summary with the count. A server hands its channels 
 PeerLog and flushes it from a timer; a channel used alone has its own, whose summaries are
 written by the next event after the interval.
 
+How a channel ends, and what it says afterwards (``close_reason``, ``state``, ``link_lost``):
+
+=======================================  ==========================  ==========  =========
+how it ended                             close_reason                state       link_lost
+=======================================  ==========================  ==========  =========
+``finished`` (either side asked)         None                        finished    False
+``failed`` sent or received              the Reason                  failed      False
+:meth:`close` on this side               None                        finished    False
+link lost under a live session           code 11, "link lost: ..."   failed      True
+link lost after we sent ``finishing``    None                        finished    False
+no answer to keepalive pings             code 11, "peer did not..."  failed      False
+=======================================  ==========================  ==========  =========
+
+A lost link is the transport ending (peer gone, connection reset, heartbeats timed out) while
+the session was live. It is not a clean finish, so it has a reason; but the peer never said
+``failed``, so requests waiting on the channel get ChannelClosed (not SessionFailed). ``state``
+is read from the protocol while the channel is open; once it has closed, a state the protocol
+left live never shows: it reads ``failed`` with a reason and ``finished`` without one.
+
 Invariants:
 - every pending request is failed (ChannelClosed, or SessionFailed with the reason) when the
   session ends, and a timeout is raised in the caller's task, never in a callback;
@@ -121,6 +140,9 @@ def _close_unstarted(coroutine: Any, depth: int = 4) -> None:
             _close_unstarted(value, depth - 1)
 
 
+_ENDED = (SessionState.FINISHED, SessionState.FAILED)
+
+
 def _normalise_uri(uri: str) -> str:
     # LIME: a trailing '/' is ignored.
     return uri[:-1] if len(uri) > 1 and uri.endswith("/") else uri
@@ -169,8 +191,11 @@ class Channel:
         self._closed = asyncio.Event()
         self._closing = False
         self._last_received = 0.0
-        #: Why the channel ended, once it has (None for a clean finish).
+        #: Why the channel ended, once it has: None for a clean finish (``finished``, or
+        #: :meth:`close` on our side), else the Reason (code 11 "link lost: ..." when the
+        #: link ended under a live session).
         self.close_reason: Reason | None = None
+        self._link_lost = False
 
     # ------------------------------------------------------------------ state, for the caller
 
@@ -193,7 +218,23 @@ class Channel:
 
     @property
     def state(self) -> SessionState:
-        return self._protocol.state
+        """The session state; never ``established`` (or another live state) once closed.
+
+        While the channel is open this is the protocol's state. Once it has ended, a state the
+        protocol left live (the link was lost, or the channel was closed without the finishing
+        handshake) reads ``failed`` when there is a :attr:`close_reason` and ``finished`` when
+        there is none (closed on purpose by this side).
+        """
+        state = self._protocol.state
+        if self._closing and state not in _ENDED:
+            return SessionState.FAILED if self.close_reason is not None else SessionState.FINISHED
+        return state
+
+    @property
+    def link_lost(self) -> bool:
+        """True once the channel has ended because its link was lost under a live session
+        (no ``finished`` or ``failed`` came): ``close_reason`` is then code 11 "link lost"."""
+        return self._link_lost
 
     @property
     def compression(self) -> SessionCompression:
@@ -385,8 +426,14 @@ class Channel:
                 ):
                     self._established.set_result(None)
             reason = self._protocol.failure
-        except TransportClosed:
+        except TransportClosed as exc:
             reason = self._protocol.failure
+            if not self._protocol.closed and self._protocol.state is not SessionState.FINISHING:
+                # The link ended under a live session: neither `finished` nor `failed` came.
+                # Not a clean finish, so say so (code 11); waiters get ChannelClosed, as the
+                # session did not fail on the peer's word.
+                reason = Reason(ReasonCode.SESSION_ERROR, f"link lost: {exc}")
+                self._link_lost = True
         except TransportError as exc:
             log.warning("%s: link failed: %s", self, exc)
             reason = Reason(ReasonCode.SESSION_ERROR, f"link failed: {exc}")
@@ -620,8 +667,10 @@ class Channel:
             return
         self._closing = True
         self.close_reason = reason
-        if reason is not None:
-            error: Exception = (
+        if self._link_lost:
+            error: Exception = ChannelClosed(f"the session ended: {reason}")
+        elif reason is not None:
+            error = (
                 AuthenticationFailed(reason)
                 if reason.code == ReasonCode.SESSION_AUTHENTICATION_FAILED
                 else SessionFailed(reason)

@@ -408,10 +408,6 @@ async def test_rain_session_through_blackhole_stall_and_reset(keys: Keys) -> Non
 
 
 @zmq_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8: a channel ended by a lost link has close_reason None and state established",
-)
 @pytest.mark.timeout(10)
 async def test_rain_channel_says_why_after_reset(keys: Keys) -> None:
     async with (
