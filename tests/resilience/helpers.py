@@ -75,11 +75,12 @@ class Station:
         server, self.server = self.server, None
         return None if server is None else server.stop()
 
-    def client(self, **options: Any) -> Client:
-        """A reconnecting client of this station as alice (who may get, set and subscribe)."""
+    def client(self, endpoint: str | None = None, **options: Any) -> Client:
+        """A reconnecting client of this station as alice (who may get, set and subscribe),
+        to ``endpoint`` (a fault proxy's, say) or straight to the server."""
         assert self.endpoint is not None, "start the server first"
         return Client(
-            self.endpoint,
+            endpoint or self.endpoint,
             identity=self.site.alice,
             server_key=self.site.station.public_key,
             **options,
