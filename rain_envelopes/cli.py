@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import signal
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,8 +32,11 @@ from typing import Any, NoReturn
 import orjson
 
 from .channel import ClientChannel, connect
+from .client import Client, ClientState, StateChange, Update
 from .envelopes import (
     Command,
+    CommandMethod,
+    CommandStatus,
     Message,
     Notification,
     NotificationEvent,
@@ -40,11 +45,14 @@ from .envelopes import (
 from .errors import (
     AuthenticationFailed,
     ChannelClosed,
+    ClientClosed,
     CommandFailed,
     CommandTimeout,
     ConfigError,
+    Disconnected,
     EstablishTimeout,
     KeyFileError,
+    NotDone,
     SessionError,
     SessionFailed,
     TransportError,
@@ -59,7 +67,7 @@ from .keys import (
     parse_public_key,
 )
 from .node import Node
-from .transport import transport_factory
+from .transport import ClientSecurity, Transport, transport_factory
 
 __all__ = ["EXIT_ACCESS", "EXIT_AUTH", "EXIT_FAILED", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
 
@@ -185,8 +193,8 @@ def _secured(endpoint: str) -> bool:
     return transport_factory(endpoint).secure
 
 
-async def _open(args: argparse.Namespace) -> ClientChannel:
-    """Connect and establish a session as the options say. Raises CliError or RAIN errors."""
+def _credentials(args: argparse.Namespace) -> tuple[Identity | None, bytes | None]:
+    """Our identity and the server's key, as the options say; CliError when one is missing."""
     identity = _load_identity(args)
     server_key = _server_key(args)
     if _secured(args.endpoint) and not args.insecure:
@@ -201,14 +209,122 @@ async def _open(args: argparse.Namespace) -> ClientChannel:
                 "no key file: pass --key FILE or set RAIN_KEY (make one with `rain keygen`)",
                 EXIT_AUTH,
             )
-    return await connect(
-        args.endpoint,
-        identity=identity,
-        server_key=server_key,
-        insecure=args.insecure,
-        establish_timeout=args.timeout,
-        command_timeout=args.timeout,
-    )
+    return identity, server_key
+
+
+def _channel_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What every session of a client command is given: -t and the dead-link settings."""
+    return {
+        "command_timeout": args.timeout,
+        "establish_timeout": args.timeout,
+        "ping_interval": args.ping_interval or None,  # 0: never ping
+        "ping_timeout": args.ping_timeout,
+    }
+
+
+def _make_transport(
+    args: argparse.Namespace, security: ClientSecurity, open_timeout: float
+) -> tuple[Transport, dict[str, Any] | None]:
+    """A transport for the endpoint whose own handshake timeout is ``open_timeout``, if it has
+    one (the ZeroMQ transport's ``open_timeout`` would otherwise cut a longer ``-t`` to 10 s);
+    also the transport options used, for later connections."""
+    factory = transport_factory(args.endpoint)
+    options: dict[str, Any] | None = {"open_timeout": open_timeout}
+    try:
+        return factory.connect(args.endpoint, security, options), options
+    except ConfigError:  # a transport without that option: its own timing then
+        return factory.connect(args.endpoint, security, None), None
+
+
+async def _open(args: argparse.Namespace) -> ClientChannel:
+    """Connect and establish a session as the options say.
+
+    The two steps are timed apart so that a failure can say what was observed: no handshake
+    at all, or a handshake and then no session. Raises CliError or RAIN errors.
+    """
+    identity, server_key = _credentials(args)
+    security = ClientSecurity(identity=identity, server_key=server_key, insecure=args.insecure)
+    # The transport's own limit is a backstop: the CLI's timer below is the one that fires.
+    transport, _ = _make_transport(args, security, args.timeout + 1.0)
+    channel = ClientChannel(transport, identity=identity, **_channel_options(args))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout
+    try:
+        try:
+            async with asyncio.timeout(args.timeout):
+                await transport.open()
+        except TimeoutError:
+            raise await _no_handshake(args) from None
+        try:
+            return await channel.establish_session(timeout=max(deadline - loop.time(), 0.001))
+        except EstablishTimeout:
+            raise CliError(
+                f"the secure handshake with {args.endpoint} completed (the keys are right), but"
+                f" no session was established within {args.timeout:g} s: the link is slow or"
+                " the server is busy; try a longer -t",
+                EXIT_UNREACHABLE,
+            ) from None
+    except BaseException:
+        await channel.close()  # closes the transport too
+        raise
+
+
+def _tcp_address(endpoint: str) -> tuple[str, int] | None:
+    if not endpoint.lower().startswith("tcp://"):
+        return None
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    host = host.rsplit(";", 1)[-1].strip("[]")  # a ZeroMQ source address comes before ';'
+    if not host or host == "*" or not port.isdigit():
+        return None
+    return host, int(port)
+
+
+async def _probe(endpoint: str, timeout: float) -> str | None:
+    """Try a plain TCP connection to a tcp:// endpoint: "refused", "silent" (no answer),
+    "open" (something accepted it), or None when that cannot be told (not tcp://)."""
+    address = _tcp_address(endpoint)
+    if address is None:
+        return None
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(*address)
+    except TimeoutError:
+        return "silent"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:
+        return "silent"  # unreachable network or host, name not found: nothing answered
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return "open"
+
+
+async def _no_handshake(args: argparse.Namespace, what: str = "handshake") -> CliError:
+    """What a connection attempt that got no secure handshake (``what``: or no session) in
+    ``-t`` observed, checked with a plain TCP connection where the endpoint is tcp://."""
+    endpoint, seconds = args.endpoint, args.timeout
+    seen = await _probe(endpoint, min(1.0, seconds))
+    address = _tcp_address(endpoint)
+    where = f"{address[0]}:{address[1]}" if address else endpoint
+    if seen == "refused":
+        text = (f"nothing listens at {where} (TCP connection refused): is the server running,"
+                " and is this its address?")
+    elif seen == "silent":
+        text = (f"no answer at all from {where}: not even a TCP connection (the host is down or"
+                " unreachable, or a firewall drops the packets)")
+    elif seen == "open":
+        if what == "handshake":
+            detail = ("no secure handshake completed in that time: the link or server is too"
+                      " slow (try a longer -t), or it is not a RAIN server")
+        else:
+            detail = ("the secure handshake or the session setup did not finish in that time:"
+                      " the link or server is too slow (try a longer -t), or it is not a RAIN"
+                      " server")
+        text = f"{where} accepts TCP connections, but {detail}"
+    else:
+        text = f"is the server at {endpoint} running?"
+    return CliError(f"no {what} with {endpoint} within {seconds:g} s: {text}", EXIT_UNREACHABLE)
 
 
 def _explain(exc: BaseException, args: argparse.Namespace) -> CliError:
@@ -216,15 +332,13 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> CliError:
     endpoint = getattr(args, "endpoint", "the server")
     if isinstance(exc, CliError):
         return exc
+    if isinstance(exc, ClientClosed) and exc.cause is not None:
+        return _explain(exc.cause, args)  # the reconnecting client gave up: say why
     if isinstance(exc, EstablishTimeout):
-        return CliError(
-            f"no session with {endpoint} within {args.timeout:g} s: is the server running,"
-            " is --server-key its key, and is your key in its authorized_keys?",
-            EXIT_UNREACHABLE,
-        )
+        return CliError(f"no session with {endpoint} within {args.timeout:g} s", EXIT_UNREACHABLE)
     if isinstance(exc, AuthenticationFailed):
         return CliError(
-            f"{endpoint} refused our key ({exc.reason.description}): add your .pub key to the"
+            f"{endpoint} refused our key ({exc.reason}): add your .pub key to the"
             " server's authorized_keys",
             EXIT_AUTH,
         )
@@ -237,15 +351,32 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> CliError:
         where = response.uri if isinstance(response, Command) and response.uri else endpoint
         if exc.reason.code in _ACCESS_CODES:
             return CliError(f"{where}: access denied ({exc.reason})", EXIT_ACCESS)
+        if exc.reason.code == ReasonCode.COMMAND_EXPIRED:
+            return CliError(
+                f"{where}: {exc.reason}: not applied (it reached the server after its expiry)",
+                EXIT_FAILED,
+            )
         return CliError(f"{where}: {exc.reason}", EXIT_FAILED)
     if isinstance(exc, CommandTimeout):
-        return CliError(f"{endpoint}: {exc}", EXIT_UNREACHABLE)
-    if isinstance(exc, (ChannelClosed, SessionError)):
+        return CliError(
+            f"{endpoint}: {exc} (the session was established: the link is slow or the server"
+            " busy; try a longer -t)",
+            EXIT_UNREACHABLE,
+        )
+    if isinstance(exc, (ChannelClosed, SessionError, NotDone)):
         return CliError(f"{endpoint}: the session ended: {exc}", EXIT_UNREACHABLE)
     if isinstance(exc, ConfigError):
         return CliError(str(exc), EXIT_USAGE)
     if isinstance(exc, TransportSecurityError):
-        return CliError(str(exc), EXIT_AUTH)  # refused key, wrong server key, no CURVE
+        if exc.cause == "server-key":
+            # The server closed the connection mid-handshake: a wrong pinned key looks like
+            # this, and so does a link that broke (or a server that stopped) at that moment.
+            return CliError(
+                f"{exc}. If the key is right, the link may instead have broken during the"
+                " handshake: try again",
+                EXIT_AUTH,
+            )
+        return CliError(str(exc), EXIT_AUTH)  # "refused": the server's ZAP said no
     if isinstance(exc, TransportError):
         text = str(exc)
         return CliError(
@@ -316,16 +447,28 @@ async def _cmd_get(args: argparse.Namespace) -> int:
 
 async def _cmd_set(args: argparse.Namespace) -> int:
     value = args.value if args.string else _parse_value(args.value)
+    # Every set carries #expires, by default its timeout from now: a set that reaches the
+    # server after we gave up on it (a stalled link) is refused with 1001, never applied.
+    lifetime = args.timeout if args.expires is None else args.expires
+    expires = datetime.now(UTC) + timedelta(seconds=lifetime)
+    uri = _uri(args.uri)
+    if value is None:
+        # LIME omits null fields, so a bare null would arrive as "no value": wrap it.
+        from .server.samples import SAMPLE_TYPE  # here: the server package is slow to import
+
+        resource, kind = {"value": None}, SAMPLE_TYPE
+    else:
+        resource, kind = value, "application/json"
     channel = await _open(args)
     try:
-        uri = _uri(args.uri)
-        if value is None:
-            # LIME omits null fields, so a bare null would arrive as "no value": wrap it.
-            from .server.samples import SAMPLE_TYPE  # here: the server package is slow to import
-
-            response = await channel.set(uri, {"value": None}, type=SAMPLE_TYPE)
-        else:
-            response = await channel.set(uri, value)
+        command = Command(
+            CommandMethod.SET, uri, id=channel.new_id(), resource=resource, type=kind,
+            metadata={"#expires": expires.isoformat(timespec="milliseconds")},
+        )
+        response = await channel.send_command(command)
+        if response.status is CommandStatus.FAILURE:
+            assert response.reason is not None
+            raise CommandFailed(response.reason, response)
         _print_response(uri, response, args.json)
     finally:
         await channel.finish()
@@ -392,29 +535,32 @@ class _Monitor:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.uris = [_uri(text) for text in args.uris]
-        self.epochs: dict[str, str] = {}
         self.seqs: dict[str, int] = {}
         self.printed = 0
         self.done = asyncio.Event()
 
-    def show(self, uri: str, resource: Any) -> None:
+    def show(self, update: Update) -> None:
         if self.done.is_set():
             return
+        uri, resource = update.uri, update.sample
         label = _label(uri)
-        if isinstance(resource, dict) and "seq" in resource:
-            epoch, seq = str(resource.get("epoch")), resource.get("seq")
-            if uri in self.epochs and self.epochs[uri] != epoch:
-                _note(f"{label}: the server restarted (epoch {epoch}); numbering starts again")
-            elif isinstance(seq, int) and uri in self.seqs and not resource.get("dropped"):
+        server_dropped = resource.get("dropped") if isinstance(resource, dict) else None
+        server_dropped = server_dropped if isinstance(server_dropped, int) else 0
+        if update.restarted:
+            _note(f"{label}: the server restarted (epoch {update.epoch}); numbering starts again")
+            self.seqs.pop(uri, None)
+        seq = resource.get("seq") if isinstance(resource, dict) else None
+        if isinstance(seq, int):
+            if uri in self.seqs and not update.dropped:
                 missed = seq - self.seqs[uri] - 1
                 if missed > 0:
                     _note(f"{label}: {_updates(missed)} missed")
-            self.epochs[uri] = epoch
-            if isinstance(seq, int):
-                self.seqs[uri] = seq
-            dropped = resource.get("dropped")
-            if dropped:
-                _note(f"{label}: the server dropped {_updates(dropped)} (we read too slowly)")
+            self.seqs[uri] = seq
+        if server_dropped:
+            _note(f"{label}: the server dropped {_updates(server_dropped)} (we read too slowly)")
+        if update.dropped > server_dropped:
+            _note(f"{label}: {_updates(update.dropped - server_dropped)} dropped here"
+                  " (printing could not keep up)")
         if self.args.json:
             doc = dict(resource) if isinstance(resource, dict) else {"value": resource}
             _json_line({"uri": uri, **doc})
@@ -427,62 +573,118 @@ class _Monitor:
         if self.args.count and self.printed >= self.args.count:
             self.done.set()
 
-    def callback(self, uri: str) -> Callable[[Command], None]:
-        def on_update(command: Command) -> None:
-            self.show(uri, command.resource)
 
-        return on_update
+class _Session:
+    """Follows the reconnecting client's state changes for ``rain monitor``.
+
+    Prints one line when the session is lost and one when it is back; remembers how the first
+    connection attempt failed (the monitor then stops: a typo in the endpoint must not retry
+    for ever) and why the client gave up (a refused key).
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.established = False
+        self.failure: BaseException | None = None
+        self.ended = False
+        self.changed = asyncio.Event()
+
+    def __call__(self, change: StateChange) -> None:
+        state = change.state
+        if state is ClientState.ESTABLISHED:
+            if self.established:
+                _note(f"reconnected to {self.endpoint}; subscribing again")
+            self.established = True
+        elif state is ClientState.LOST:
+            reason = change.reason
+            if reason is not None and reason.code == ReasonCode.SESSION_AUTHENTICATION_FAILED:
+                # The client gives up on this one; the error line says why.
+                self.failure = CliError(
+                    f"{self.endpoint} ended our session: {reason}", EXIT_AUTH
+                )
+            else:
+                _note(f"connection to {self.endpoint} lost ({reason or 'closed'});"
+                      " reconnecting")
+        elif state is ClientState.RETRYING and not self.established and self.failure is None:
+            self.failure = change.error or Disconnected(f"no session with {self.endpoint}")
+        elif state is ClientState.CLOSED:
+            self.ended = True
+            if self.failure is None and change.error is not None:
+                self.failure = change.error
+        self.changed.set()
+
+    async def wait(self, established: bool) -> None:
+        """Until the first session (``established``) or the end; raises the failure."""
+        while True:
+            if self.failure is not None:
+                raise self.failure
+            if self.ended or (established and self.established):
+                return
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def _monitor(
+    args: argparse.Namespace, client: Client, session: _Session, monitor: _Monitor
+) -> None:
+    await client.start(wait=False)
+    try:
+        await session.wait(established=True)
+    except (EstablishTimeout, TransportError) as exc:
+        if isinstance(exc, TransportSecurityError):
+            raise
+        raise await _no_handshake(args, "session") from None
+    for uri in monitor.uris:
+        await client.subscribe(uri, monitor.show, timeout=args.timeout)
+    await session.wait(established=False)  # the client only ends by giving up
+
+
+async def _close_soon(client: Client, grace: float = 1.0) -> None:
+    """Close the client politely, but within about ``grace`` seconds whatever the link does."""
+    channel = client.channel
+    closing = asyncio.ensure_future(client.close())
+    done, _ = await asyncio.wait({closing}, timeout=grace)
+    if not done and channel is not None:
+        await channel.close()  # no answer to `finishing`: drop the session at once
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(closing, grace)
 
 
 async def _cmd_monitor(args: argparse.Namespace) -> int:
     monitor = _Monitor(args)
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        # Ctrl-C ends the session politely instead of tearing it down.
+        # Ctrl-C stops at once in every state, and ends an established session politely.
         loop.add_signal_handler(signal.SIGINT, monitor.done.set)
-    connected_once = False
-    delay = 0.5
-    while not monitor.done.is_set():
-        try:
-            channel = await _open(args)
-        except (EstablishTimeout, TransportError, SessionError) as exc:
-            # A refused key will be refused again: report it instead of retrying for ever. Other
-            # handshake failures also happen while a server restarts, so those are retried.
-            refused = isinstance(exc, TransportSecurityError) and exc.cause == "refused"
-            if not connected_once or refused or isinstance(exc, AuthenticationFailed):
-                raise
-            _note(f"reconnect failed ({exc}); trying again in {delay:g} s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(monitor.done.wait(), delay)
-            delay = min(delay * 2, 30.0)
-            continue
-        if connected_once:
-            _note(f"reconnected to {args.endpoint}; subscribing again")
-        connected_once, delay = True, 0.5
-        try:
-            for uri in monitor.uris:
-                response = await channel.subscribe(uri, monitor.callback(uri))
-                monitor.show(uri, response.resource)
-            closed = asyncio.ensure_future(channel.wait_closed())
-            stopped = asyncio.ensure_future(monitor.done.wait())
-            await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            closed.cancel()
-            stopped.cancel()
-        except (ChannelClosed, SessionError, CommandTimeout) as exc:
-            log.debug("monitor: %s", exc)
-        except BaseException:
-            await channel.finish()  # e.g. a refused subscription: leave politely, then report
-            raise
-        if monitor.done.is_set():
-            await channel.finish()
-            break
-        reason = channel.close_reason
-        if reason is not None and reason.code == ReasonCode.SESSION_AUTHENTICATION_FAILED:
-            await channel.close()
-            raise CliError(f"the server ended our session: {reason}", EXIT_AUTH)
-        _note(f"connection to {args.endpoint} lost ({channel.close_reason or 'closed'});"
-              " reconnecting")
-        await channel.close()
+    identity, server_key = _credentials(args)
+    session = _Session(args.endpoint)
+    security = ClientSecurity(identity=identity, server_key=server_key, insecure=args.insecure)
+    # Only to learn which transport options apply; each session makes its own transport.
+    probe, transport_options = _make_transport(args, security, args.timeout)
+    await probe.close()
+    client = Client(
+        args.endpoint,
+        identity=identity,
+        server_key=server_key,
+        insecure=args.insecure,
+        on_state=session,
+        transport_options=transport_options,
+        **_channel_options(args),
+    )
+    work = asyncio.ensure_future(_monitor(args, client, session, monitor))
+    stopped = asyncio.ensure_future(monitor.done.wait())
+    try:
+        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        work.cancel()
+        await asyncio.gather(work, stopped, return_exceptions=True)
+        await _close_soon(client)
+    if monitor.done.is_set() or work.cancelled():
+        return EXIT_OK
+    error = work.exception()
+    if error is not None:
+        raise error
     return EXIT_OK
 
 
@@ -721,6 +923,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"rain: error: {message}\n")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
+def _seconds_or_never(text: str) -> float:
+    value = _seconds(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (never) or more seconds, not {text}")
+    return value
+
+
+#: Dead-link defaults: a link idle for 2 s is pinged, and given up 3 s later without an
+#: answer, so a link that died silently is noticed within about 5 s (the Client's defaults).
+PING_INTERVAL = 2.0
+PING_TIMEOUT = 3.0
+
+
 def _client_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument("-k", "--key", metavar="FILE",
@@ -733,8 +965,17 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
                             " in (default: $RAIN_KNOWN_HOSTS)")
     group.add_argument("--insecure", action="store_true",
                        help="talk to a server without transport security (loopback tests only)")
-    group.add_argument("-t", "--timeout", type=float, default=5.0, metavar="SECONDS",
-                       help="give up after this long without an answer (default: 5)")
+    group.add_argument("-t", "--timeout", type=_positive_seconds, default=5.0, metavar="SECONDS",
+                       help="give up on the session, and on each answer, after this long"
+                            " (default: 5)")
+    group.add_argument("--ping-interval", type=_seconds_or_never, default=PING_INTERVAL,
+                       metavar="SECONDS",
+                       help="ping the server when nothing came from it for this long, to"
+                            f" notice a dead link (0: never; default: {PING_INTERVAL:g})")
+    group.add_argument("--ping-timeout", type=_positive_seconds, default=PING_TIMEOUT,
+                       metavar="SECONDS",
+                       help="give the link up as dead when a ping gets no answer in this long"
+                            f" (default: {PING_TIMEOUT:g})")
     parser.add_argument(
         "--json", action="store_true",
         help="print JSON (one document per result; `list` prints one array)",
@@ -787,6 +1028,9 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("uri", metavar="PARAMETER", help="name or URI")
     put.add_argument("value", metavar="VALUE")
     put.add_argument("--string", action="store_true", help="send VALUE as a string, always")
+    put.add_argument("--expires", type=_seconds, metavar="SECONDS",
+                     help="the server must not apply the set later than this many seconds"
+                          " from now (default: the timeout, -t); 0 or less: already expired")
     _client_options(put)
 
     monitor = commands.add_parser(

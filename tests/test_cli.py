@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ import orjson
 import pytest
 
 from rain_envelopes.transport import transport_factory
+from tests.faultproxy import FaultProxy
 
 
 def _zmq_available() -> bool:
@@ -181,10 +184,10 @@ class MonitorProcess:
     on the way out a monitor still running is killed and everything is released.
     """
 
-    def __init__(self, endpoint: str, *args: str) -> None:
+    def __init__(self, endpoint: str, *args: str, verbose: bool = False) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "rain_envelopes.cli", "monitor", endpoint, "temperature",
-             *args],
+            [sys.executable, "-m", "rain_envelopes.cli", *(["-v"] if verbose else []),
+             "monitor", endpoint, "temperature", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
         )
         assert self.process.stdout is not None
@@ -198,6 +201,21 @@ class MonitorProcess:
         assert line, f"rain monitor closed its output (exit status {self.process.poll()})"
         return line
 
+    def wait_for(self, stream: IO[str], text: str, timeout: float = 15) -> str:
+        """Read lines until one contains ``text``; returns it. Bounded by ``timeout`` overall."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.line(stream, timeout=max(deadline - time.monotonic(), 0.01))
+            if text in line:
+                return line
+
+    def interrupt(self) -> tuple[int, float]:
+        """Ctrl-C: its exit status and the seconds it took to exit (at most 10)."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGINT)
+        status = self.process.wait(timeout=10)
+        return status, time.monotonic() - started
+
     def __enter__(self) -> MonitorProcess:
         return self
 
@@ -208,6 +226,45 @@ class MonitorProcess:
         self.stdout.close()
         self.stderr.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def free_port() -> int:
+    """An ephemeral port of 127.0.0.1, released: nothing listens on it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[int]:
+    """A TCP port that accepts connections (the kernel completes them from the backlog) and
+    never says a word: a server that is hung, or not a RAIN server."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield int(listener.getsockname()[1])
+
+
+class ThreadedProxy:
+    """A tests.faultproxy.FaultProxy run on an event loop of its own thread, so that a test can
+    put it between subprocesses and switch its faults from the test's thread."""
+
+    def __init__(self, target_port: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.proxy = FaultProxy(("127.0.0.1", target_port))
+        asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop).result(timeout=10)
+        self.endpoint = self.proxy.endpoint
+
+    def blackhole(self) -> None:
+        self.loop.call_soon_threadsafe(self.proxy.blackhole)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.close(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -306,17 +363,27 @@ def test_monitor_output_reports_drops_gaps_and_restarts(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from rain_envelopes.cli import _Monitor, build_parser
+    from rain_envelopes.client import Update
+    from rain_envelopes.envelopes import Command, CommandMethod
 
-    args = build_parser().parse_args(["monitor", "tcp://h:1", "temp", "--count", "5"])
+    args = build_parser().parse_args(["monitor", "tcp://h:1", "temp", "--count", "6"])
     monitor = _Monitor(args)
     uri = "/params/temp"
     base = {"timestamp": "2026-01-01T00:00:00.000Z", "epoch": "e1"}
-    monitor.show(uri, {**base, "value": 1, "seq": 1})
-    monitor.show(uri, {**base, "value": 2, "seq": 5, "dropped": 3})
-    monitor.show(uri, {**base, "value": 3, "seq": 7})
-    monitor.show(uri, {**base, "value": 4, "seq": 1, "epoch": "e2"})
+
+    def update(fields: dict[str, object], dropped: int = 0, restarted: bool = False) -> Update:
+        command = Command(CommandMethod.OBSERVE, uri, type="application/json",
+                          resource={**base, **fields})
+        return Update(uri, command, False, dropped, restarted)
+
+    monitor.show(update({"value": 1, "seq": 1}))
+    # The reconnecting client counts the server's drops in Update.dropped, with its own.
+    monitor.show(update({"value": 2, "seq": 5, "dropped": 3}, dropped=3))
+    monitor.show(update({"value": 3, "seq": 7}))
+    monitor.show(update({"value": 4, "seq": 1, "epoch": "e2"}, restarted=True))
+    monitor.show(update({"value": 5, "seq": 4, "epoch": "e2"}, dropped=2))  # by this client
     assert not monitor.done.is_set()
-    monitor.show(uri, {**base, "value": 5, "seq": 2, "epoch": "e2"})
+    monitor.show(update({"value": 6, "seq": 5, "epoch": "e2"}))
     assert monitor.done.is_set()
     out, err = capsys.readouterr()
     assert out.splitlines()[1] == "2026-01-01T00:00:00.000Z  temp  2"
@@ -324,6 +391,7 @@ def test_monitor_output_reports_drops_gaps_and_restarts(
         "rain: temp: the server dropped 3 updates (we read too slowly)",
         "rain: temp: 1 update missed",
         "rain: temp: the server restarted (epoch e2); numbering starts again",
+        "rain: temp: 2 updates dropped here (printing could not keep up)",
     ]
 
 
@@ -366,6 +434,8 @@ def test_key_problems_are_exit_4(site: Site, served: ServerProcess) -> None:
                         "--server-key", site.key("bob") + ".pub", "--timeout", "5")
     assert wrong_server.returncode == 4, wrong_server.stderr
     assert "server key" in wrong_server.stderr
+    # The server closing the connection mid-handshake may also be a link that broke then.
+    assert "the link may instead have broken during the handshake" in wrong_server.stderr
 
     no_server_key = rain("get", served.endpoint, "knob", "--key", site.key("alice"))
     assert no_server_key.returncode == 4
@@ -377,10 +447,8 @@ def test_key_problems_are_exit_4(site: Site, served: ServerProcess) -> None:
     assert "does not exist" in missing.stderr
 
 
-def test_an_unreachable_server_is_exit_3(site: Site) -> None:
-    with socket.socket() as probe:  # an ephemeral port, released: nothing listens on it
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def test_an_unreachable_server_is_exit_3_and_says_nothing_listens(site: Site) -> None:
+    port = free_port()
     started = time.monotonic()
     done = rain("get", f"tcp://127.0.0.1:{port}", "knob", *site.client("alice")[:-2],
                 "--timeout", "1")
@@ -388,6 +456,110 @@ def test_an_unreachable_server_is_exit_3(site: Site) -> None:
     assert done.stderr.startswith("rain: error:")
     assert len(done.stderr.splitlines()) == 1
     assert time.monotonic() - started < 10
+    # What was observed, not a guess at keys (issue 8, item 6).
+    assert f"nothing listens at 127.0.0.1:{port} (TCP connection refused)" in done.stderr
+    assert "key" not in done.stderr
+
+
+def test_a_server_that_accepts_tcp_but_never_answers_is_told_apart_and_t_is_honoured(
+    site: Site,
+) -> None:
+    # -t used to be cut to 10 s by the transport's own handshake timeout; 10.5 must be 10.5.
+    with silent_listener() as port:
+        started = time.monotonic()
+        done = rain("get", f"tcp://127.0.0.1:{port}", "knob", *site.client("alice")[:-2],
+                    "--timeout", "10.5", timeout=30)
+        elapsed = time.monotonic() - started
+    assert done.returncode == 3, done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    assert "within 10.5 s" in done.stderr, done.stderr
+    assert f"127.0.0.1:{port} accepts TCP connections, but no secure handshake completed" in (
+        done.stderr
+    )
+    assert "authorized_keys" not in done.stderr
+    assert 10.5 <= elapsed < 20
+
+
+@pytest.mark.parametrize("command", ["get", "set", "monitor", "list", "ping"])
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan"])
+def test_a_timeout_that_is_not_positive_is_a_usage_error(command: str, seconds: str) -> None:
+    operands = {"get": ["knob"], "set": ["knob", "1"], "monitor": ["knob"]}.get(command, [])
+    done = rain(command, "tcp://127.0.0.1:1", *operands, "--insecure", "-t", seconds)
+    assert done.returncode == 2, done.stderr
+    assert "rain: error: argument -t/--timeout:" in done.stderr
+
+
+def test_set_carries_an_expiry_an_expired_set_is_refused_with_1001_and_not_applied(
+    site: Site, served: ServerProcess
+) -> None:
+    alice = site.client("alice")
+    assert rain("set", served.endpoint, "note", "before", *alice).returncode == 0
+    expired = rain("set", served.endpoint, "note", "too late", "--expires", "0", *alice)
+    assert expired.returncode == 1, expired.stderr
+    assert re.fullmatch(r"rain: error: /params/note: 1001: command expired at \S+: not applied"
+                        r" \(it reached the server after its expiry\)\n", expired.stderr), (
+        expired.stderr
+    )
+    got = rain("get", served.endpoint, "note", *alice)
+    assert got.stdout.strip() == "note before"
+    fresh = rain("set", served.endpoint, "note", "in time", "--expires", "30", *alice)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.strip() == "note in time"
+
+
+# ------------------------------------------------------------------ monitor: Ctrl-C, dead links
+
+
+def test_monitor_stops_at_once_on_ctrl_c_while_connecting(site: Site) -> None:
+    # Nothing listens and -t is long: the first attempt is still under way when Ctrl-C comes.
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with MonitorProcess(endpoint, *site.client("bob"), "--timeout", "30", verbose=True) as mon:
+        mon.wait_for(mon.stderr, "connecting")
+        status, seconds = mon.interrupt()
+    assert status == 0
+    assert seconds < 2.0
+
+
+def test_monitor_stops_at_once_on_ctrl_c_while_established(
+    site: Site, served: ServerProcess
+) -> None:
+    with MonitorProcess(served.endpoint, *site.client("bob")) as monitor:
+        assert "temperature" in monitor.line(monitor.stdout)
+        status, seconds = monitor.interrupt()
+    assert status == 0
+    assert seconds < 2.0
+
+
+def test_monitor_stops_at_once_on_ctrl_c_while_reconnecting(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    server = ServerProcess(site.folder / "rain.toml", tmp_path / "server.log")
+    with MonitorProcess(server.endpoint, *site.client("bob"), "--timeout", "30") as monitor:
+        assert "temperature" in monitor.line(monitor.stdout)
+        assert server.stop() == 0
+        assert "lost" in monitor.line(monitor.stderr)
+        status, seconds = monitor.interrupt()
+    assert status == 0
+    assert seconds < 2.0
+
+
+def test_monitor_notices_a_dead_link_within_seconds_by_default(
+    site: Site, served: ServerProcess
+) -> None:
+    # A link that dies silently (no FIN, no RST) used to take 37 s to notice; the default
+    # application ping (2 s idle, 3 s to answer) notices it in about 5.
+    proxy = ThreadedProxy(served.port)
+    try:
+        with MonitorProcess(proxy.endpoint, *site.client("bob")) as monitor:
+            assert "temperature" in monitor.line(monitor.stdout)
+            started = time.monotonic()
+            proxy.blackhole()
+            line = monitor.wait_for(monitor.stderr, "lost", timeout=12)
+            noticed = time.monotonic() - started
+            assert f"connection to {proxy.endpoint} lost" in line
+            assert monitor.process.poll() is None  # and it keeps trying
+    finally:
+        proxy.close()
+    assert noticed < 7.0
 
 
 # ------------------------------------------------------------------------------ serve
