@@ -258,10 +258,14 @@ async def _open(args: argparse.Namespace) -> ClientChannel:
         try:
             return await channel.establish_session(timeout=max(deadline - loop.time(), 0.001))
         except EstablishTimeout:
+            opened = (
+                "the secure handshake with {} completed (the keys are right)"
+                if _secured(args.endpoint) and not args.insecure
+                else "the link to {} opened"
+            )
             raise CliError(
-                f"the secure handshake with {args.endpoint} completed (the keys are right), but"
-                f" no session was established within {args.timeout:g} s: the link is slow or"
-                " the server is busy; try a longer -t",
+                f"{opened.format(args.endpoint)}, but no session was established within"
+                f" {args.timeout:g} s: the link is slow or the server is busy; try a longer -t",
                 EXIT_UNREACHABLE,
             ) from None
     except BaseException:

@@ -9,8 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from rain_envelopes.cli import EXIT_USAGE, _server_key, main
-from rain_envelopes.errors import ConfigError
+from rain_envelopes.cli import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    _explain,
+    _server_key,
+    main,
+)
+from rain_envelopes.envelopes import Reason, ReasonCode
+from rain_envelopes.errors import (
+    ClientClosed,
+    CommandFailed,
+    ConfigError,
+    ResponseTimeout,
+    TransportSecurityError,
+)
 from rain_envelopes.keys import Identity, KnownHosts
 from rain_envelopes.server.config import parse_config
 
@@ -91,3 +106,83 @@ def test_a_config_endpoint_no_transport_handles_is_refused_naming_it(tmp_path: P
            "insecure": True}
     with pytest.raises(ConfigError, match=r"listen\[1\]"):
         parse_config(raw, base=tmp_path)
+
+
+def _failure(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    status = main(argv)
+    return status, capsys.readouterr().err
+
+
+def test_a_link_that_opens_but_never_gives_a_session_is_reported_as_such(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A listener that accepts links and never answers: the link opens, the session never comes.
+    import asyncio
+
+    from rain_envelopes.transport import MEMORY
+
+    listener = MEMORY.listen(["memory://cli-silent-server"])
+    asyncio.run(listener.start())
+    try:
+        status, err = _failure(
+            ["get", "memory://cli-silent-server", "knob", "-t", "0.3"], capsys
+        )
+    finally:
+        asyncio.run(listener.close())
+    assert status == EXIT_UNREACHABLE
+    assert err == (
+        "rain: error: the link to memory://cli-silent-server opened, but no session was"
+        " established within 0.3 s: the link is slow or the server is busy; try a longer -t\n"
+    )
+
+
+def _security(message: str, cause: str) -> TransportSecurityError:
+    error = TransportSecurityError(message)
+    error.cause = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "says"),
+    [
+        # ZAP said no: definitive, and the transport's words say why.
+        (_security("X refused us (ZAP status 400): our public key is not...", "refused"),
+         EXIT_AUTH, "X refused us (ZAP status 400)"),
+        # The server closed the connection mid-handshake: a wrong key, or a broken link.
+        (_security("CURVE handshake with X failed: the server closed ...", "server-key"),
+         EXIT_AUTH, "If the key is right, the link may instead have broken during the"
+                    " handshake: try again"),
+        (ClientClosed("the client is closed", _security("X refused us", "refused")),
+         EXIT_AUTH, "X refused us"),
+        (ResponseTimeout("no response to get /params/knob within 5 s"), EXIT_UNREACHABLE,
+         "no response to get /params/knob within 5 s (the session was established"),
+        (CommandFailed(Reason(ReasonCode.COMMAND_EXPIRED, "command expired at T")),
+         EXIT_FAILED, "1001: command expired at T: not applied"),
+    ],
+)
+def test_failures_are_explained_by_what_was_observed(
+    error: BaseException, status: int, says: str
+) -> None:
+    explained = _explain(error, _args(timeout=5.0))
+    assert explained.status == status
+    assert says in str(explained)
+
+
+@pytest.mark.parametrize("command", [["get", "k"], ["set", "k", "1"], ["monitor", "k"],
+                                     ["list"], ["ping"]])
+def test_every_client_command_has_the_dead_link_settings(command: list[str]) -> None:
+    from rain_envelopes.cli import PING_INTERVAL, PING_TIMEOUT, build_parser
+
+    name, *operands = command
+    args = build_parser().parse_args([name, ENDPOINT, *operands])
+    assert (args.ping_interval, args.ping_timeout) == (PING_INTERVAL, PING_TIMEOUT)
+    # Noticed within about 6 s by default (issue 8, item 2).
+    assert PING_INTERVAL + PING_TIMEOUT <= 6
+    args = build_parser().parse_args(
+        [name, ENDPOINT, *operands, "--ping-interval", "0", "--ping-timeout", "1.5"]
+    )
+    assert (args.ping_interval, args.ping_timeout) == (0.0, 1.5)
+    for bad in (["--ping-interval", "-1"], ["--ping-timeout", "0"]):
+        with pytest.raises(SystemExit) as stopped:
+            build_parser().parse_args([name, ENDPOINT, *operands, *bad])
+        assert stopped.value.code == EXIT_USAGE
