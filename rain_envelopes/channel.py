@@ -191,8 +191,8 @@ class Channel:
         self._closed = asyncio.Event()
         self._closing = False
         self._last_received = 0.0
-        #: Why the channel ended, once it has: None for a clean finish (``finished``, or
-        #: :meth:`close` on our side), else the Reason (code 11 "link lost: ..." when the
+        #: Why the channel ended, once it has: None for a clean finish (`finished`, or
+        #: `close()` on this side), else the Reason (code 11 "link lost: ..." when the
         #: link ended under a live session).
         self.close_reason: Reason | None = None
         self._link_lost = False

@@ -30,7 +30,7 @@ async def test_a_lost_link_gives_a_reason_and_a_state_that_is_not_established() 
         for channel in (client, server):
             assert channel.close_reason is not None
             assert channel.close_reason.code == ReasonCode.SESSION_ERROR
-            assert channel.close_reason.description.startswith("link lost: ")
+            assert (channel.close_reason.description or "").startswith("link lost: ")
             assert channel.state is SessionState.FAILED
             assert channel.link_lost
             assert "established" not in repr(channel)
