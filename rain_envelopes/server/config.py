@@ -9,6 +9,8 @@ Example (every key but ``identity`` and ``listen`` is optional)::
     allow = ["127.0.0.1/32", "10.0.0.0/8"] # IP networks allowed to connect (empty: any)
     plugins = "plugins"                    # folder of plugin files
     allow_guest = false                    # accept unauthenticated 'guest' sessions
+    state = "state.db"                     # SQLite state file: settings and the SET window
+    state_durability = "sync"              # "sync": fsync every set; "batch": at checkpoints
 
     [limits]
     queue_length = 64                      # samples held per subscription before dropping
@@ -68,8 +70,12 @@ class Limits:
     #: Requests of one session whose answers may be in the works at once (plugin calls,
     #: snapshots, sets); beyond it a request is refused at once with code 34.
     max_requests_in_progress: int = 64
-    #: Recent `set` command ids remembered per identity to answer a repeated `set` only once.
+    #: Recent `set` command ids remembered per identity to answer a repeated `set` only once
+    #: (in memory, and in the state file when there is one).
     dedup_window: int = 1024
+    #: Seconds a `set` command id is remembered at most; keep it above the longest `#expires`
+    #: clients use (a retry after its expiry is refused anyway).
+    dedup_max_age: float = 86400.0
     #: Seconds `close()` waits for sessions to finish and plugin threads to return.
     shutdown_timeout: float = 5.0
 
@@ -95,6 +101,11 @@ class ServerConfig:
     #: Serve without transport security (no CURVE). For loopback experiments only.
     insecure: bool = False
     access: tuple[AccessRule, ...] | None = None
+    #: The SQLite state file (values of writable parameters, the SET window); None keeps
+    #: them in memory only.
+    state: Path | None = None
+    #: "sync" (each set reaches the disk before it is answered) or "batch".
+    state_durability: str = "sync"
     limits: Limits = field(default_factory=Limits)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     transport: Mapping[str, Any] = field(default_factory=dict)
@@ -104,8 +115,9 @@ class ServerConfig:
 
 _TOP_KEYS = (
     "identity", "listen", "key_file", "authorized_keys", "allow", "plugins", "allow_guest",
-    "insecure", "access", "limits", "logging", "transport",
+    "insecure", "access", "state", "state_durability", "limits", "logging", "transport",
 )
+_DURABILITY = ("sync", "batch")
 _ACCESS_KEYS = ("identity", "uri", "methods")
 _LOGGING_KEYS = ("level", "file")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -194,6 +206,15 @@ def _logging(check: _Checker, raw: Mapping[str, Any]) -> LoggingConfig:
     return LoggingConfig(level=level, file=file)
 
 
+def _durability(check: _Checker, raw: Any) -> str:
+    value = check.string(raw, "state_durability")
+    if value not in _DURABILITY:
+        raise check.fail(
+            "state_durability", f"expected one of {', '.join(map(repr, _DURABILITY))}, got {raw!r}"
+        )
+    return value
+
+
 def _access(check: _Checker, raw: Any) -> tuple[AccessRule, ...]:
     if not isinstance(raw, list):
         raise check.fail("access", "expected [[access]] tables")
@@ -270,11 +291,17 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: str = "config") 
         allow_guest=check.boolean(raw.get("allow_guest", False), "allow_guest"),
         insecure=check.boolean(raw.get("insecure", False), "insecure"),
         access=_access(check, raw["access"]) if "access" in raw else None,
+        state=check.path(raw["state"], "state") if "state" in raw else None,
+        state_durability=_durability(check, raw.get("state_durability", "sync")),
         limits=_limits(check, check.table(raw.get("limits", {}), "limits")),
         logging=_logging(check, check.table(raw.get("logging", {}), "logging")),
         transport=dict(check.table(raw.get("transport", {}), "transport")),
         source=Path(source) if source != "config" else None,
     )
+    if "state_durability" in raw and config.state is None:
+        raise check.fail(
+            "state_durability", "set, but there is no state file: add state = \"state.db\""
+        )
     if config.plugins is not None and not config.plugins.is_dir():
         raise check.fail(
             "plugins", f"expected a folder of plugin files; {config.plugins} is not one"

@@ -10,24 +10,27 @@ Invariants:
 - one window per identity: an identity's own sets are the only thing that can push its entries
   out, so one client (or an attacker holding one valid key) cannot make another client's retry
   apply twice by sending many sets of its own;
-- each window holds at most ``size`` entries, oldest evicted first;
+- each window holds at most ``size`` entries, oldest evicted first, and an answered entry older
+  than ``max_age`` seconds is forgotten (the same bounds the state file keeps: store.py);
 - at most ``max_identities`` windows are kept. Identities are authenticated names, so in
   practice the authorised-keys table (plus ``guest``) bounds them; the cap is a safety net for
   a table that churns across reloads, and evicts the window used least recently;
 - a fingerprint is a 16-byte digest of the request, not the request: a window of large values
   costs the answers, not a second copy of every value.
 
-The structure is a plain mapping of (identity, id) to an entry so that it can move to a
-persistent store (the resilience issue keeps it in SQLite) without changing the server.
+With a state file (store.py) this window is the fast path in front of the stored one: it holds
+the sets still running, whose waiters share the first outcome, and recent answers; a miss here is
+looked up in the file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -50,16 +53,29 @@ class Entry:
 
     fingerprint: bytes
     answer: asyncio.Future[Command]
+    #: When it was remembered (the window's clock).
+    created: float = field(default=0.0)
 
 
 class SetWindow:
     """Recent set ids per identity. Not thread-safe: used from the event loop only."""
 
-    def __init__(self, size: int, *, max_identities: int = 4096) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        max_age: float = float("inf"),
+        max_identities: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if size < 1 or max_identities < 1:
             raise ValueError("size and max_identities must be at least 1")
+        if not max_age > 0:
+            raise ValueError("max_age must be positive")
         self.size = size
+        self.max_age = max_age
         self.max_identities = max_identities
+        self._clock = clock
         self._windows: OrderedDict[str, OrderedDict[str, Entry]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -67,7 +83,15 @@ class SetWindow:
 
     def lookup(self, identity: str, command_id: str) -> Entry | None:
         window = self._windows.get(identity)
-        return None if window is None else window.get(command_id)
+        entry = None if window is None else window.get(command_id)
+        if entry is not None and self._stale(entry, self._clock()):
+            self.forget(identity, command_id)
+            return None
+        return entry
+
+    def _stale(self, entry: Entry, now: float) -> bool:
+        # A set still running is never aged out: its waiters need its answer.
+        return entry.answer.done() and now - entry.created > self.max_age
 
     def remember(self, identity: str, command_id: str, entry: Entry) -> None:
         """Add an entry, evicting this identity's oldest beyond ``size`` (their waiters are
@@ -80,10 +104,16 @@ class SetWindow:
                 _cancel(evicted.values())
         else:
             self._windows.move_to_end(identity)
+        now = self._clock()
+        entry.created = now
         window[command_id] = entry
         while len(window) > self.size:
             _, old = window.popitem(last=False)
             _cancel([old])
+        for old_id, old in list(window.items()):  # oldest first: stop at the first fresh one
+            if not self._stale(old, now):
+                break
+            del window[old_id]
 
     def forget(self, identity: str, command_id: str) -> None:
         window = self._windows.get(identity)

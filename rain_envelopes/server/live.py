@@ -22,6 +22,7 @@ import functools
 import inspect
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from datetime import datetime
 from typing import Any
@@ -209,13 +210,20 @@ class LiveParameter:
             return self.last
         return await self.read()
 
-    async def write(self, value: Any) -> Sample:
+    async def write(
+        self, value: Any, *, before: Callable[[], Awaitable[None]] | None = None
+    ) -> Sample:
         """Apply ``value`` (already checked against the schema) and publish the result.
 
+        ``before`` runs under this parameter's set lock just before the setter is called (or
+        the value stored): the last moment to refuse (an expired set) or to record that the set
+        is being applied; whatever it raises is raised here, and nothing is applied.
         Raises ParameterError (the plugin's code, or 101).
         """
         setter = self.declaration.set_function
         async with self._set_lock:
+            if before is not None:
+                await before()
             if setter is None:
                 return self.publish(value)
             task = asyncio.ensure_future(self._apply(setter, value))

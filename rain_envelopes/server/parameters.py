@@ -98,6 +98,9 @@ class Parameter:
     is a JSON schema that values given to ``set`` must match. ``interval`` (seconds) publishes
     the getter's (or the scan function's) result periodically. ``writable=True`` lets clients
     set a parameter that has no setter (the value is simply stored and published).
+    ``persist=False`` keeps a settable parameter's value out of the server's state file, so a
+    restart starts it from the plugin's initial value (by default the last value set is
+    restored before the server serves again).
 
     Raises PluginError (naming the declaration's file and line) for a bad name, interval or
     schema.
@@ -113,6 +116,7 @@ class Parameter:
         schema: Mapping[str, Any] | None = None,
         interval: float | None = None,
         writable: bool = False,
+        persist: bool = True,
         getter: Func | None = None,
         setter: Func | None = None,
     ) -> None:
@@ -139,6 +143,7 @@ class Parameter:
         except ValueError as exc:
             raise self._error(str(exc)) from None
         self.writable = bool(writable)
+        self.persist = bool(persist)
         self.get_function: Func | None = getter
         self.set_function: Func | None = setter
         self.scan_function: Func | None = None
@@ -221,6 +226,11 @@ class Parameter:
         return self.set_function is not None or self.writable
 
     @property
+    def persists(self) -> bool:
+        """True when the server keeps the last value set in its state file (if it has one)."""
+        return self.persist and self.settable
+
+    @property
     def periodic(self) -> bool:
         return self._interval is not None and (
             self.scan_function is not None or self.get_function is not None
@@ -286,6 +296,7 @@ def parameter(
     schema: Mapping[str, Any] | None = None,
     interval: float | None = None,
     writable: bool = False,
+    persist: bool = True,
 ) -> Callable[[Func], Parameter]:
     """Decorator: declare a parameter whose getter is the decorated function.
 
@@ -303,6 +314,7 @@ def parameter(
             schema=schema,
             interval=interval,
             writable=writable,
+            persist=persist,
             getter=function,
         )
 

@@ -41,19 +41,30 @@ parameters and wait (bounded) for plugin threads to return.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import fastjsonschema
 
 from ..auth import ServerAuthenticator
 from ..channel import ServerChannel
-from ..envelopes import Command, CommandMethod, Message, Reason, ReasonCode
-from ..errors import ChannelClosed, LocalProtocolError, SessionError, TransportError
+from ..codec import decode, encode
+from ..envelopes import Command, CommandMethod, Message, Reason, ReasonCode, SessionState
+from ..errors import (
+    ChannelClosed,
+    LocalProtocolError,
+    RemoteProtocolError,
+    SessionError,
+    TransportError,
+)
 from ..keys import AuthorizedKeys, Identity, format_public_key
 from ..node import Node
 from ..peerlog import PeerLog
@@ -71,9 +82,11 @@ from .samples import (
     COLLECTION_TYPE,
     PARAMETER_TYPE,
     SAMPLE_TYPE,
+    Sample,
     collection,
     new_epoch,
 )
+from .store import Durability, SetRecord, StateStore, StateStoreError, StoredValue
 from .subscriptions import Subscription
 
 __all__ = ["Request", "ServedSession", "Server"]
@@ -83,6 +96,7 @@ log = logging.getLogger("rain.server")
 Response = Command | None
 Handler = Callable[["Request"], Command | Coroutine[Any, Any, Response]]
 MessageHandler = Callable[["ServedSession", Message], object]
+_R = TypeVar("_R")
 
 
 @dataclass(eq=False)
@@ -141,6 +155,23 @@ def _expired(command: Command) -> None:
         raise ParameterError(f"command expired at {expires}", code=ReasonCode.COMMAND_EXPIRED)
 
 
+def _session_outcome(channel: ServerChannel) -> tuple[str, str]:
+    """How a served session ended: ("finished" | "failed" | "lost", detail for the log).
+
+    Read from the session protocol's own state, which only ``finished`` or ``failed`` (sent or
+    received) make terminal: a link that ended without either (a client that vanished, a dead
+    link noticed by pings or heartbeats) is lost, whatever ``close_reason`` the channel gave it
+    and however its ``state`` reads once closed.
+    """
+    reason = channel.close_reason
+    state = channel._protocol.state  # not channel.state: that reads "ended" once closed
+    if state is SessionState.FINISHED:
+        return "finished", "finished"
+    if state is SessionState.FAILED:
+        return "failed", str(reason) if reason is not None else "failed"
+    return "lost", str(reason) if reason is not None else "the link ended without finished"
+
+
 async def _handle(handler: Handler, request: Request) -> Response:
     result = handler(request)
     return result if isinstance(result, Command) else await result
@@ -177,7 +208,11 @@ class Server:
         identity: Identity | None = None,
         authorized_keys: AuthorizedKeys | None = None,
         config: ServerConfig | None = None,
+        state: str | os.PathLike[str] | None = None,
+        durability: Durability = "sync",
     ) -> None:
+        if durability not in ("sync", "batch"):
+            raise ValueError(f"durability must be 'sync' or 'batch', not {durability!r}")
         declared = list(parameters)
         check_unique(declared)
         for param in declared:
@@ -189,6 +224,11 @@ class Server:
         self.identity = identity
         self.authorized_keys = authorized_keys
         self.config = config
+        #: The state file (parameter values and the SET window), or None: memory only.
+        self.state = Path(state) if state is not None else None
+        self.durability: Durability = durability
+        #: Seconds the last start spent restoring stored values (None: nothing to restore).
+        self.restore_seconds: float | None = None
         self.parameters: dict[str, Parameter] = {p.name: p for p in declared}
         #: Called for every message a client sends (after the automatic `received` receipt);
         #: raising makes the channel send a `failed` receipt instead of `consumed`.
@@ -208,8 +248,16 @@ class Server:
         self._owned_listeners: list[TransportListener] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         # Remembered sets, a window per identity (dedup.py). A reused id with another request
-        # is refused.
-        self._recent = SetWindow(self.limits.dedup_window)
+        # is refused. With a state file this is the fast path in front of the stored window.
+        self._recent = SetWindow(self.limits.dedup_window, max_age=self.limits.dedup_max_age)
+        # Sets being applied: owned by the server, not by the session that asked, so a set
+        # that started is finished and recorded even when its session ends meanwhile.
+        self._sets: set[asyncio.Task[None]] = set()
+        self._store: StateStore | None = None
+        # The one thread that talks to the state file: commits wait for the disk there, not
+        # on the event loop, and one worker keeps them in submission order.
+        self._store_worker: ThreadPoolExecutor | None = None
+        self._start_lock = asyncio.Lock()
         #: What a peer can make the server log (refused connections, sessions set up or not,
         #: messages, repeated sets): one line per kind and peer per interval, then a count.
         self.peer_log = PeerLog(log)
@@ -250,19 +298,39 @@ class Server:
             identity=identity,
             authorized_keys=authorized,
             config=config,
+            state=config.state,
+            durability="batch" if config.state_durability == "batch" else "sync",
         )
 
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
-        """Bind the parameters and start periodic publication. Idempotent.
+        """Open the state file, bind the parameters, restore their stored values and start
+        periodic publication: everything before the first session is served. Idempotent.
 
-        Raises PluginError when a parameter is already served by another running server.
+        Raises StateStoreError when the state file cannot be used (unreadable, corrupt, from a
+        newer format, in use), PluginError when a parameter is already served by another
+        running server. Either way nothing is left running.
         """
-        if self._started:
-            return
-        if self._closing:
-            raise RuntimeError("this server has been closed")
+        async with self._start_lock:
+            if self._started:
+                return
+            if self._closing:
+                raise RuntimeError("this server has been closed")
+            stored = await self._open_store() if self.state is not None else {}
+            try:
+                await self._bind_and_restore(stored)
+            except BaseException:
+                await self._close_store()
+                raise
+            self._spawn(self._flush_logs(), "rain-peer-log")
+            self._started = True
+        log.info(
+            "server %s started: %d parameters, epoch %s%s", self.node, len(self._live), self.epoch,
+            f", state {self.state} ({self.durability})" if self.state is not None else "",
+        )
+
+    async def _bind_and_restore(self, stored: Mapping[str, StoredValue]) -> None:
         self._executor = ThreadPoolExecutor(
             max_workers=self.limits.plugin_threads, thread_name_prefix="rain-plugin"
         )
@@ -279,18 +347,95 @@ class Server:
                 param._bind(live)
                 bound.append(param)
                 self._live[name] = live
+            # Before periodic publication and before any session: nobody ever sees the
+            # initial value of a parameter whose stored value is restored.
+            await self._restore(stored)
         except BaseException:
             for param in bound:
                 param._bind(None)
+            self._live.clear()
             self._executor.shutdown(wait=False)
             raise
         for live in self._live.values():
             live.start_periodic()
-        self._spawn(self._flush_logs(), "rain-peer-log")
-        self._started = True
-        log.info(
-            "server %s started: %d parameters, epoch %s", self.node, len(self._live), self.epoch
+
+    async def _open_store(self) -> dict[str, StoredValue]:
+        """Open the state file in the store worker and read its values; StateStoreError."""
+        assert self.state is not None
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rain-store")
+        self._store_worker = worker
+        opened = functools.partial(
+            StateStore.open, self.state, durability=self.durability,
+            max_records=self.limits.dedup_window, max_age=self.limits.dedup_max_age,
         )
+        try:
+            self._store = await self._in_store(opened)
+            values = await self._in_store(self._store.load_values)
+            await self._in_store(self._store.prune, time.time())
+        except BaseException:
+            await self._close_store()
+            raise
+        return values
+
+    async def _restore(self, stored: Mapping[str, StoredValue]) -> None:
+        """Apply each stored value of a declared, persisted parameter as a set would (its
+        setter runs); a value that fails the schema or the setter is logged and skipped."""
+        if self.state is None:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        restored = 0
+        for name, item in stored.items():
+            live = self._live.get(name)
+            if live is None or not live.declaration.persists:
+                log.info(
+                    "state file: stored value of %s kept but not restored (%s)", name,
+                    "no such parameter" if live is None else "the parameter does not persist",
+                )
+                continue
+            try:
+                live.declaration.validate(item.value)
+            except fastjsonschema.JsonSchemaException as exc:
+                log.warning(
+                    "state file: stored value of %s skipped: it fails the parameter's schema "
+                    "(%s)", name, getattr(exc, "message", exc),
+                )
+                continue
+            try:
+                await live.write(item.value)
+            except ParameterError as exc:
+                log.error("state file: restoring %s failed: %s", name, exc.description)
+                continue
+            restored += 1
+        self.restore_seconds = loop.time() - started
+        log.info(
+            "restored %d of %d stored values from %s in %.1f ms", restored, len(stored),
+            self.state, self.restore_seconds * 1000,
+        )
+
+    async def _in_store(self, function: Callable[..., _R], *args: Any) -> _R:
+        """Run a StateStore call in the store worker (in submission order)."""
+        assert self._store_worker is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store_worker, functools.partial(function, *args))
+
+    async def _close_store(self) -> None:
+        store, worker = self._store, self._store_worker
+        self._store = self._store_worker = None
+        if worker is None:
+            return
+        if store is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                await asyncio.wait_for(
+                    loop.run_in_executor(worker, store.close), self.limits.shutdown_timeout
+                )
+            except TimeoutError:
+                log.error("state file %s: not closed within %g s", store.path,
+                          self.limits.shutdown_timeout)
+            except StateStoreError as exc:
+                log.error("%s", exc)
+        worker.shutdown(wait=False)
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -384,11 +529,21 @@ class Server:
         if self._closing or len(self._sessions) + len(self._establishing) >= (
             self.limits.max_sessions
         ):
+            reason = (
+                Reason(ReasonCode.SESSION_ERROR, "server shutting down")
+                if self._closing
+                else Reason(
+                    ReasonCode.AUTHORIZATION_QUOTA_EXCEEDED,
+                    f"server full: {self.limits.max_sessions} sessions",
+                )
+            )
             self.peer_log.event(
                 logging.WARNING, "connection-refused", peer, "refusing a connection from %s: %s",
-                transport.peer_address, "shutting down" if self._closing else "too many sessions",
+                transport.peer_address, reason.description,
             )
-            await transport.close()
+            # A coded `failed` (allowed before `new`), so the client learns why, then close.
+            refused = ServerChannel(transport, node=self.node, authenticator=None)
+            await refused.fail(reason)
             return
         channel = ServerChannel(
             transport,
@@ -428,9 +583,10 @@ class Server:
             await channel.wait_closed()
         finally:
             self._release(session)
+            outcome, detail = _session_outcome(channel)
             self.peer_log.event(
-                logging.INFO, "session-ended", who, "session ended: %s (%s)", session.node,
-                channel.close_reason or "finished",
+                logging.INFO, f"session-{outcome}", who, "session %s: %s (%.200s)",
+                "ended" if outcome == "finished" else outcome, session.node, detail,
             )
 
     def _release(self, session: ServedSession) -> None:
@@ -486,6 +642,15 @@ class Server:
         current = asyncio.current_task()
         for live in self._live.values():
             live.stop()
+        if self._sets:
+            # Sets being applied are finished, recorded and answered before the sessions end.
+            _, late = await asyncio.wait(list(self._sets), timeout=timeout)
+            if late:
+                log.warning("%d sets still being applied after %g s; cancelled", len(late),
+                            timeout)
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late, timeout=timeout)
         channels = [s.channel for s in self._sessions]
         try:
             async with asyncio.timeout(timeout):
@@ -519,6 +684,7 @@ class Server:
                 await asyncio.wait_for(asyncio.to_thread(self._executor.shutdown, True), timeout)
             except TimeoutError:
                 log.warning("plugin threads still running after %g s", timeout)
+        await self._close_store()
         self._closed.set()
         log.info("server %s closed", self.node)
 
@@ -570,12 +736,14 @@ class Server:
                 raise ParameterError(
                     "no authenticated identity", code=ReasonCode.AUTHORIZATION_UNAUTHORIZED_SENDER
                 )
-            _expired(command)
+            recorded = command.method is CommandMethod.SET and command.id is not None
+            if not recorded:
+                _expired(command)  # a recorded set: after its record is looked up
             path, query = split_uri(command.uri or "", self.node)
             self.access.check(identity, command.method, path)
             route = self._router.resolve_path(command.method, path, query)
             request = Request(command, path, route.params, query, session)
-            if command.method is CommandMethod.SET and command.id is not None:
+            if recorded:
                 return self._deduplicated(request, route.handler)
             result = route.handler(request)
         except ParameterError as exc:
@@ -599,45 +767,118 @@ class Server:
             return command.failure(ReasonCode.GENERAL_ERROR, "internal server error")
 
     def _deduplicated(self, request: Request, handler: Handler) -> Awaitable[Response] | Command:
+        """A set with an id: answered from its record when it was seen, else applied once by a
+        server-owned task (see the module docstring); the session only waits for the answer."""
         command = request.command
         assert command.id is not None
         identity = request.identity
         digest = fingerprint(command)
-        remembered = self._recent.lookup(identity, command.id)
-        if remembered is not None:
-            if remembered.fingerprint != digest:
-                return command.failure(
-                    ReasonCode.COMMAND_INVALID_ARGUMENT,
-                    f"command id {command.id} was already used for another set",
-                )
+        entry = self._recent.lookup(identity, command.id)
+        if entry is not None:
+            if entry.fingerprint != digest:
+                return self._reused(command)
             self.peer_log.event(
                 logging.INFO, "repeated-set", identity,
                 "repeated set %.64r from %s answered once", command.id, identity,
             )
-            return self._replay(command, remembered.answer)
-        future: asyncio.Future[Command] = asyncio.get_running_loop().create_future()
-        self._recent.remember(identity, command.id, Entry(digest, future))
-        return self._remember(request, handler, future)
+            return self._answer(command, entry, digest)
+        entry = Entry(digest, asyncio.get_running_loop().create_future())
+        self._recent.remember(identity, command.id, entry)
+        task = asyncio.create_task(
+            self._run_set(request, handler, entry), name=f"rain-set {command.id:.64}"
+        )
+        self._sets.add(task)
+        task.add_done_callback(self._set_done)
+        return self._answer(command, entry, digest)
 
-    async def _remember(
-        self,
-        request: Request,
-        handler: Handler,
-        future: asyncio.Future[Command],
-    ) -> Response:
+    @staticmethod
+    def _reused(command: Command) -> Command:
+        return command.failure(
+            ReasonCode.COMMAND_INVALID_ARGUMENT,
+            f"command id {command.id:.64} was already used for another set",
+        )
+
+    async def _answer(self, command: Command, entry: Entry, digest: bytes) -> Response:
+        """The first outcome of the set ``entry`` stands for, addressed to this request."""
+        try:
+            # Shielded: this session ending must not cancel the set (nor its other waiters).
+            response = await asyncio.shield(entry.answer)
+        except asyncio.CancelledError:
+            if not entry.answer.cancelled():
+                raise  # our session ended
+            return command.failure(
+                ReasonCode.COMMAND_PROCESSING_ERROR,
+                "the first attempt of this set ended without an answer (server closing)",
+            )
+        if entry.fingerprint != digest:  # the stored record was for another request
+            return self._reused(command)
+        return response.replace(to=command.sender)
+
+    def _set_done(self, task: asyncio.Task[None]) -> None:
+        self._sets.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("set task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _run_set(self, request: Request, handler: Handler, entry: Entry) -> None:
+        """Find the set's record (state file) or apply it, and resolve ``entry`` with the first
+        outcome. Runs to the end whatever happens to the session that asked."""
         command = request.command
         assert command.id is not None
+        response: Command | None = None
         try:
-            # Through _complete, so a set's refusals and errors are answered as any other's.
-            response = await self._complete(command, _handle(handler, request))
+            if self._store is not None:
+                try:
+                    record = await self._in_store(
+                        self._store.lookup_set, request.identity, command.id
+                    )
+                except StateStoreError as exc:
+                    log.error("%s", exc)
+                    response = command.failure(
+                        ReasonCode.COMMAND_PROCESSING_ERROR,
+                        "the server's state file failed; the set was not applied",
+                    )
+                else:
+                    if record is not None:
+                        entry.fingerprint = record.fingerprint
+                        response = self._recorded(command, record)
+            if response is None:
+                response = await self._complete(command, self._apply(request, handler))
+            if response is None:
+                response = command.failure(
+                    ReasonCode.COMMAND_PROCESSING_ERROR, "the set ended without an answer"
+                )
         except BaseException:
-            self._forget(request.identity, command.id, future)
+            self._forget(request.identity, command.id, entry.answer)
             raise
-        if response is None:
-            self._forget(request.identity, command.id, future)
-        elif not future.done():
-            future.set_result(response)
-        return response
+        if not entry.answer.done():
+            entry.answer.set_result(response)
+
+    def _recorded(self, command: Command, record: SetRecord) -> Command:
+        """The answer a stored record gives to a repeat of its set."""
+        if record.in_progress:
+            return command.failure(
+                ReasonCode.COMMAND_PROCESSING_ERROR,
+                "outcome unknown: the server stopped while applying this set; get the "
+                "parameter to see its value",
+            )
+        try:
+            stored = decode(record.response)
+        except RemoteProtocolError:
+            stored = None
+        if not isinstance(stored, Command):
+            log.error("state file: the record of set %.64r is unreadable", command.id)
+            return command.failure(
+                ReasonCode.COMMAND_PROCESSING_ERROR,
+                "outcome unknown: the record of this set is unreadable",
+            )
+        return stored
+
+    @staticmethod
+    async def _apply(request: Request, handler: Handler) -> Response:
+        # Refused when expired before anything else is checked; _write checks again just
+        # before the setter, after waiting for the parameter's earlier sets.
+        _expired(request.command)
+        return await _handle(handler, request)
 
     def _forget(self, identity: str, command_id: str, future: asyncio.Future[Command]) -> None:
         entry = self._recent.lookup(identity, command_id)
@@ -645,14 +886,6 @@ class Server:
             self._recent.forget(identity, command_id)
         if not future.done():
             future.cancel()
-
-    @staticmethod
-    async def _replay(command: Command, first: asyncio.Future[Command]) -> Response:
-        try:
-            response = await asyncio.shield(first)
-        except asyncio.CancelledError:
-            return command.failure(ReasonCode.COMMAND_PROCESSING_ERROR, "the first attempt ended")
-        return response.replace(to=command.sender)
 
     # ------------------------------------------------------------------ resources
 
@@ -706,12 +939,83 @@ class Server:
             raise InvalidValue(f"invalid value: {message}") from None
         except fastjsonschema.JsonSchemaException as exc:
             raise InvalidValue(f"invalid value: {exc}") from None
-        return self._write(request.command, live, value)
+        return self._write(request, live, value)
 
-    @staticmethod
-    async def _write(command: Command, live: LiveParameter, value: Any) -> Response:
-        sample = await live.write(value)
-        return command.success(sample.document(), SAMPLE_TYPE)
+    async def _write(self, request: Request, live: LiveParameter, value: Any) -> Response:
+        """Apply a checked value; with a state file, record it (see the module docstring)."""
+        command = request.command
+        store = self._store
+        recorded = store is not None and command.id is not None
+        # An intent is recorded only where applying acts outside the transaction (a setter);
+        # a stored value is published and recorded with nothing in between to lose.
+        intent = recorded and live.declaration.set_function is not None
+        digest = fingerprint(command) if recorded else b""
+        reached = False
+
+        async def before() -> None:
+            nonlocal reached
+            _expired(command)
+            if intent:
+                assert store is not None
+                assert command.id is not None
+                try:
+                    await self._in_store(
+                        store.begin_set, request.identity, command.id, digest, time.time()
+                    )
+                except StateStoreError as exc:
+                    log.error("%s", exc)
+                    raise ParameterError(
+                        "the server's state file failed; the set was not applied",
+                        code=ReasonCode.COMMAND_PROCESSING_ERROR,
+                    ) from None
+            reached = True
+
+        try:
+            sample = await live.write(value, before=before)
+        except ParameterError as exc:
+            response = command.failure(exc.code, exc.description)
+            if recorded and reached:  # the setter ran (or is still running): its outcome
+                await self._record(request, None, None, digest, response)
+            return response
+        response = command.success(sample.document(), SAMPLE_TYPE)
+        if store is not None:
+            # Submitted with no await since the setter returned: the single store worker
+            # commits the sets of one parameter in the order they were applied.
+            name = live.name if live.declaration.persists else None
+            if recorded:
+                await self._record(request, name, sample, digest, response)
+            elif name is not None:
+                await self._store_quietly(
+                    store.store_value, name, sample.value, sample.timestamp, sample.seq
+                )
+        return response
+
+    async def _record(
+        self,
+        request: Request,
+        name: str | None,
+        sample: Sample | None,
+        digest: bytes,
+        response: Command,
+    ) -> None:
+        store = self._store
+        assert store is not None
+        assert request.command.id is not None
+        call = functools.partial(
+            store.apply_set, request.identity, request.command.id, name,
+            None if sample is None else sample.value, digest, encode(response), time.time(),
+            timestamp=None if sample is None else sample.timestamp,
+            seq=None if sample is None else sample.seq,
+        )
+        await self._store_quietly(call)
+
+    async def _store_quietly(self, function: Callable[..., object], *args: Any) -> None:
+        # The set has been applied: it is answered as it went even when the file fails now;
+        # the failure is the operator's to see (a retry after a restart then gets 61).
+        try:
+            await self._in_store(function, *args)
+        except StateStoreError as exc:
+            log.error("a set was applied but not recorded: %s", exc)
 
     def _subscribe(self, request: Request) -> Coroutine[Any, Any, Response]:
         live = self._lookup(request)

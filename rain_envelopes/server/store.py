@@ -116,6 +116,8 @@ FORMAT_VERSION = 1
 APPLICATION_ID = 0x5241494E
 
 Durability = Literal["sync", "batch"]
+#: The response of a set record that has begun but has no outcome yet.
+_IN_PROGRESS = b""
 
 _SCHEMA = (
     # The last value of each parameter, as JSON text (readable with the sqlite3 shell).
@@ -171,10 +173,16 @@ class StoredValue(NamedTuple):
 
 
 class SetRecord(NamedTuple):
-    """What a set asked for (its fingerprint) and the response it was answered with."""
+    """What a set asked for (its fingerprint) and the response it was answered with; an empty
+    ``response`` marks a set that began (:meth:`StateStore.begin_set`) with no outcome yet."""
 
     fingerprint: bytes
     response: bytes
+
+    @property
+    def in_progress(self) -> bool:
+        """True when the set began but its outcome was never recorded."""
+        return not self.response
 
 
 class StateStore:
@@ -344,6 +352,8 @@ class StateStore:
         text = None if parameter is None else _encode(value, parameter)
         if timestamp is None:
             timestamp = format_timestamp(datetime.fromtimestamp(now, UTC))
+        if not response:
+            raise ValueError("a set's response cannot be empty (that marks one in progress)")
         with self._transaction() as db:
             if parameter is not None and text is not None:
                 if seq is None:
@@ -352,25 +362,55 @@ class StateStore:
                     ).fetchone()
                     seq = 1 if row is None else int(row[0]) + 1
                 _upsert_value(db, parameter, text, timestamp, seq)
-            db.execute(
-                "INSERT INTO set_window (identity, last_n) VALUES (?, 1) "
-                "ON CONFLICT (identity) DO UPDATE SET last_n = last_n + 1",
-                (identity,),
-            )
-            (last_n,) = db.execute(
-                "SELECT last_n FROM set_window WHERE identity = ?", (identity,)
-            ).fetchone()
-            db.execute(
-                "INSERT INTO set_record "
-                "(identity, command_id, n, created, fingerprint, response) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (identity, command_id) DO NOTHING",
-                (identity, command_id, last_n, now, fingerprint, response),
-            )
-            db.execute(
-                "DELETE FROM set_record WHERE identity = ? AND n <= ?",
-                (identity, last_n - self.max_records),
-            )
-            db.execute("DELETE FROM set_record WHERE created < ?", (now - self.max_age,))
+            # The outcome replaces the set's "in progress" record (begin_set), keeping its
+            # place in the window; a finished record is never replaced.
+            updated = db.execute(
+                "UPDATE set_record SET response = ? "
+                "WHERE identity = ? AND command_id = ? AND response = ?",
+                (response, identity, command_id, _IN_PROGRESS),
+            ).rowcount
+            if not updated:
+                self._insert_record(db, identity, command_id, fingerprint, response, now)
+
+    def begin_set(self, identity: str, command_id: str, fingerprint: bytes, now: float) -> None:
+        """Record that the set ``command_id`` is about to be applied (before the setter runs).
+
+        Until :meth:`apply_set` records its outcome, :meth:`lookup_set` returns a record whose
+        ``in_progress`` is true: a server that was killed in between answers a retry with
+        "outcome unknown" instead of applying the set a second time. Raises StateStoreError
+        when the file fails (then nothing was recorded).
+        """
+        with self._transaction() as db:
+            self._insert_record(db, identity, command_id, fingerprint, _IN_PROGRESS, now)
+
+    def _insert_record(
+        self,
+        db: sqlite3.Connection,
+        identity: str,
+        command_id: str,
+        fingerprint: bytes,
+        response: bytes,
+        now: float,
+    ) -> None:
+        db.execute(
+            "INSERT INTO set_window (identity, last_n) VALUES (?, 1) "
+            "ON CONFLICT (identity) DO UPDATE SET last_n = last_n + 1",
+            (identity,),
+        )
+        (last_n,) = db.execute(
+            "SELECT last_n FROM set_window WHERE identity = ?", (identity,)
+        ).fetchone()
+        db.execute(
+            "INSERT INTO set_record "
+            "(identity, command_id, n, created, fingerprint, response) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (identity, command_id) DO NOTHING",
+            (identity, command_id, last_n, now, fingerprint, response),
+        )
+        db.execute(
+            "DELETE FROM set_record WHERE identity = ? AND n <= ?",
+            (identity, last_n - self.max_records),
+        )
+        db.execute("DELETE FROM set_record WHERE created < ?", (now - self.max_age,))
 
     def prune(self, now: float) -> int:
         """Enforce both window bounds on every identity (``apply_set`` does it for its own

@@ -11,6 +11,7 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -70,8 +71,11 @@ async def running_server(
     *,
     access: AccessPolicy | None = None,
     limits: Limits | None = None,
+    state: Path | None = None,
 ) -> AsyncIterator[Server]:
-    """A started server listening on one fresh endpoint of ``kind``; closed on exit."""
+    """A started server listening on one fresh endpoint of ``kind``; closed on exit.
+
+    ``state``: its state file (None: memory only)."""
     server = Server(
         parameters,
         node="station@irf",
@@ -80,6 +84,7 @@ async def running_server(
         limits=limits,
         identity=keys.station,
         authorized_keys=keys.authorized,
+        state=state,
     )
     endpoint = "tcp://127.0.0.1:0" if kind == "tcp" else f"memory://test-{secrets.token_hex(6)}"
     async with server:
