@@ -188,6 +188,22 @@ class ClientCredentials:
             code=ReasonCode.SESSION_NEGOTIATION_INVALID_OPTIONS,
         )
 
+    def propose(self) -> tuple[AuthenticationScheme, dict[str, Any]] | None:
+        """The scheme and ``authentication`` to put in a proposal, before any offer is seen.
+
+        The scheme :meth:`choose` would pick if the server offered everything, with what can be
+        sent without a challenge: ``{}`` for ``transport`` and ``guest``, only the public key
+        for ``keypair`` (its signature must cover the server's fresh challenge, so it comes in
+        the next round). None when the client can prove nothing.
+        """
+        if self.transport_secured:
+            return _A.TRANSPORT, {}
+        if self.identity is not None:
+            return _A.KEYPAIR, {"key": base64.b64encode(self.identity.public_key).decode()}
+        if self.allow_guest:
+            return _A.GUEST, {}
+        return None
+
     def answer(
         self,
         scheme: AuthenticationScheme,

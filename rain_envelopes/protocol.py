@@ -6,10 +6,37 @@ frame from the transport to ``receive_data``; collect application envelopes with
 authentication themselves, so a channel only pumps bytes. No I/O, no asyncio, no zmq: tests
 wire a client and a server back to back with plain lists.
 
-Compression is applied here rather than by each transport: after the negotiation echo both
-sides gzip every frame. Doing it in the one place that knows exactly which envelope was the
-echo removes any race between switching compression and frames already queued, and every
-transport gets it for free.
+Establishment and round trips. Plain LIME spends a round trip on each stage that needs an
+answer: ``new`` -> offer, choice -> echo, credentials -> verdict (three before ``established``
+with compression to negotiate and one authentication round; four with ``keypair_rounds=2``).
+On a 2 s satellite link that is six seconds before the transport's own handshake is counted.
+So a :class:`ClientProtocol` opens with a *proposal* on ``new`` (:class:`Proposal`, carried in
+the extension field :data:`~rain_envelopes.session.PROPOSAL_KEY`): the compression it prefers,
+the scheme it would pick and what that scheme can say without a challenge, its node. A
+:class:`ServerProtocol` takes what it can, stage by stage, in LIME's order:
+
+- the options, when the proposed compression (and encryption, if named) is one it offers; its
+  next reply then *confirms* them (``compression``/``encryption`` on ``authenticating`` or
+  ``established``) and both sides switch from the frame after that reply, exactly as after a
+  negotiation echo. Otherwise it sends the plain negotiation offer and goes on from there;
+- the credentials, when the proposed scheme is one it offers for this client: ``transport``
+  and ``guest`` need nothing more, so the answer to ``new`` is ``established`` (one round trip);
+  ``keypair`` gets a fresh random challenge and its signature comes in the next round (two
+  round trips): the signature still covers the session id and a challenge the server drew for
+  this session, so the shortcut never lets an old signature through. A scheme not offered gets
+  the plain authentication offer; refused credentials fail the session (13), as they would
+  have one round later.
+
+A value a side does not know (a newer peer's compression or scheme) is never an error, only
+nothing to take. Plain LIME peers are untouched: a LIME server ignores the unknown key and
+answers ``new`` the plain way, which the client follows (it applies compression only on an
+echo or a confirmation, and a plain reply confirms nothing, i.e. no compression); a LIME
+client's ``new`` has no proposal, so the server runs the plain sequence for it.
+
+Compression is applied here rather than by each transport: after the negotiation echo (or the
+confirmation of a proposal) both sides gzip every frame. Doing it in the one place that knows
+exactly which envelope was the echo removes any race between switching compression and frames
+already queued, and every transport gets it for free.
 
 Errors: ``send`` raises LocalProtocolError for a step the state machine forbids;
 ``receive_data`` raises RemoteProtocolError (EnvelopeDecodeError for bad bytes) and never
@@ -24,7 +51,10 @@ import binascii
 import itertools
 import os
 import zlib
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from .auth import GUEST_IDENTITY, ClientCredentials, ServerAuthenticator
 from .codec import MAX_ENVELOPE_SIZE, decode, encode
@@ -45,15 +75,86 @@ from .envelopes import (
 )
 from .errors import EnvelopeDecodeError, RemoteProtocolError
 from .node import Node
-from .session import Phase, Role, SessionMachine
+from .session import PROPOSAL_KEY, Phase, Role, SessionMachine
 
-__all__ = ["ANONYMOUS_IDENTITY", "ClientProtocol", "NodeRegistry", "ServerProtocol"]
+__all__ = ["ANONYMOUS_IDENTITY", "ClientProtocol", "NodeRegistry", "Proposal", "ServerProtocol"]
 
 #: The identity of a session on a server that authenticates nobody (embedding, tests only).
 ANONYMOUS_IDENTITY = "anonymous"
 
 _S = SessionState
 _GZIP_WBITS = 31  # zlib with a gzip header and trailer
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _member(kind: type[_E], value: str | None) -> _E | None:
+    """``value`` as a member of ``kind``; None when absent or unknown (a newer peer's value)."""
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What a client's ``new`` proposes (the :data:`~rain_envelopes.session.PROPOSAL_KEY` field).
+
+    Values stay strings: one this side does not know (a newer peer's) is not an error, just
+    nothing it can accept, and the server falls back to the plain offer for that stage.
+    """
+
+    compression: str = SessionCompression.NONE.value
+    encryption: str | None = None
+    scheme: str | None = None
+    authentication: Mapping[str, Any] | None = None
+    node: Node | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"compression": self.compression}
+        if self.encryption is not None:
+            out["encryption"] = self.encryption
+        if self.scheme is not None:
+            out["scheme"] = self.scheme
+            out["authentication"] = dict(self.authentication or {})
+        if self.node is not None:
+            out["from"] = str(self.node)
+        return out
+
+    @classmethod
+    def from_json(cls, value: Any) -> Proposal:
+        """Raises RemoteProtocolError (11) for a proposal of the wrong shape."""
+
+        def bad(what: str) -> RemoteProtocolError:
+            return RemoteProtocolError(
+                f"{PROPOSAL_KEY}{what}", code=ReasonCode.SESSION_ERROR
+            )
+
+        if not isinstance(value, Mapping):
+            raise bad(" must be an object")
+        strings: dict[str, str | None] = {}
+        for key in ("compression", "encryption", "scheme", "from"):
+            item = value.get(key)
+            if item is not None and not isinstance(item, str):
+                raise bad(f".{key} must be a string")
+            strings[key] = item
+        authentication = value.get("authentication")
+        if authentication is not None and not isinstance(authentication, Mapping):
+            raise bad(".authentication must be an object")
+        node: Node | None = None
+        if strings["from"] is not None:
+            try:
+                node = Node.parse(strings["from"])
+            except ValueError:
+                raise bad(".from is not a node") from None
+        return cls(
+            compression=strings["compression"] or SessionCompression.NONE.value,
+            encryption=strings["encryption"],
+            scheme=strings["scheme"],
+            authentication=authentication,
+            node=node,
+        )
 
 
 def _gzip(data: bytes) -> bytes:
@@ -285,6 +386,10 @@ class ServerProtocol(_Protocol):
         self._session_id = session_id or base64.b32encode(os.urandom(10)).decode().lower()
         self._offered_schemes: tuple[AuthenticationScheme, ...] = ()
         self._challenge: bytes | None = None
+        #: The client's proposal, until the stage that uses it.
+        self._proposal: Proposal | None = None
+        #: Options taken from the proposal, to confirm on the next reply.
+        self._confirm: tuple[SessionCompression, SessionEncryption] | None = None
         #: The authenticated identity name ("alice@irf"), once established.
         self.remote_identity: str | None = None
         #: The Ed25519 public key the client proved (None for guest or anonymous sessions).
@@ -293,11 +398,26 @@ class ServerProtocol(_Protocol):
     def _reply(self, state: SessionState, **fields: Any) -> Session:
         return Session(state, id=self.session_id, from_=self.node, **fields)
 
+    def _answer(self, state: SessionState, **fields: Any) -> Session:
+        """Send a stage's reply; the first one after a taken proposal confirms its options,
+        and both sides apply them from the next frame on (as after a negotiation echo)."""
+        confirm, self._confirm = self._confirm, None
+        if confirm is not None:
+            fields.update(compression=confirm[0], encryption=confirm[1])
+        envelope = self._reply(state, **fields)
+        self.send(envelope)
+        if confirm is not None:
+            self.compression = confirm[0]
+        return envelope
+
     def _receive_session(self, envelope: Session) -> None:
         self.machine.receive(envelope)  # RemoteProtocolError (15) if out of place
         try:
             if envelope.state is _S.NEW:
                 self.session_id = self._session_id
+                if self.machine.phase is Phase.PROPOSAL_SENT:
+                    assert envelope.extras is not None
+                    self._proposal = Proposal.from_json(envelope.extras[PROPOSAL_KEY])
                 self._after_new()
                 return
             self._check_session_id(envelope)
@@ -311,6 +431,11 @@ class ServerProtocol(_Protocol):
             self._fail_session(Reason(exc.code, str(exc)))
 
     def _after_new(self) -> None:
+        if self._proposal is not None:
+            self._confirm = self._take_options(self._proposal)
+            if self._confirm is not None:
+                self._start_authentication()
+                return
         # Negotiate when there is a choice, and also when the only option is not `none`: the
         # client must be told before frames change shape.
         if self.compression_options != (SessionCompression.NONE,):
@@ -321,6 +446,26 @@ class ServerProtocol(_Protocol):
             ))
         else:
             self._start_authentication()
+
+    def _take_options(
+        self, proposal: Proposal
+    ) -> tuple[SessionCompression, SessionEncryption] | None:
+        """The options a proposal asks for, when we would accept them; None: offer instead."""
+        compression = _member(SessionCompression, proposal.compression)
+        if compression not in self.compression_options:
+            if self.compression_options != (SessionCompression.NONE,):
+                return None
+            compression = SessionCompression.NONE  # nothing to choose: plain LIME skips it too
+        assert compression is not None
+        encryption = (
+            self.encryption_options[0]
+            if proposal.encryption is None
+            else _member(SessionEncryption, proposal.encryption)
+        )
+        if encryption not in self.encryption_options:
+            return None
+        assert encryption is not None
+        return compression, encryption
 
     def _negotiate(self, envelope: Session) -> None:
         compression = envelope.compression or SessionCompression.NONE
@@ -352,6 +497,14 @@ class ServerProtocol(_Protocol):
                 "no authentication scheme is available for this client",
                 code=ReasonCode.SESSION_AUTHENTICATION_FAILED,
             )
+        proposal, self._proposal = self._proposal, None
+        if proposal is not None:
+            scheme = _member(AuthenticationScheme, proposal.scheme)
+            if scheme is not None and scheme in self._offered_schemes:
+                self._check_credentials(
+                    scheme, proposal.authentication or {}, claimed=proposal.node
+                )
+                return
         authentication: dict[str, Any] | None = None
         if (
             AuthenticationScheme.KEYPAIR in self._offered_schemes
@@ -359,23 +512,34 @@ class ServerProtocol(_Protocol):
         ):
             self._challenge = self.authenticator.new_challenge()
             authentication = {"challenge": base64.b64encode(self._challenge).decode()}
-        self.send(self._reply(
+        self._answer(
             _S.AUTHENTICATING, scheme_options=self._offered_schemes, authentication=authentication,
-        ))
+        )
 
     def _authenticate(self, envelope: Session) -> None:
-        assert self.authenticator is not None
-        assert self.session_id is not None
         scheme = envelope.scheme
         if scheme is None or scheme not in self._offered_schemes:
             raise RemoteProtocolError(
                 f"scheme {scheme.value if scheme else None} was not offered",
                 code=ReasonCode.SESSION_NEGOTIATION_INVALID_OPTIONS,
             )
-        claimed = envelope.from_
+        self._check_credentials(scheme, envelope.authentication or {}, claimed=envelope.from_)
+
+    def _check_credentials(
+        self,
+        scheme: AuthenticationScheme,
+        authentication: Mapping[str, Any],
+        *,
+        claimed: Node | None,
+    ) -> None:
+        """Establish, or send the challenge the scheme still needs. Raises RemoteProtocolError
+        (13) for refused credentials. A proposal comes here with no challenge yet, so a
+        ``keypair`` proposal always gets a fresh challenge before its signature is accepted."""
+        assert self.authenticator is not None
+        assert self.session_id is not None
         proof = self.authenticator.authenticate(
             scheme,
-            envelope.authentication or {},
+            authentication,
             peer_identity=self.peer_identity,
             session_id=self.session_id,
             challenge=self._challenge,
@@ -385,10 +549,10 @@ class ServerProtocol(_Protocol):
         if proof is None:
             # Another round: the client named its key; now it must sign a challenge.
             self._challenge = self.authenticator.new_challenge()
-            self.send(self._reply(
+            self._answer(
                 _S.AUTHENTICATING,
                 authentication={"challenge": base64.b64encode(self._challenge).decode()},
-            ))
+            )
             return
         self.remote_key = proof.key
         self._establish(proof.identity, claimed=claimed)
@@ -412,9 +576,7 @@ class ServerProtocol(_Protocol):
             node = node.with_instance(self.session_id)
         self.remote_identity = identity
         self.remote_node = node
-        established = self._reply(_S.ESTABLISHED, to=node)
-        self.send(established)
-        self.established = established
+        self.established = self._answer(_S.ESTABLISHED, to=node)
 
     def _fail_session(self, reason: Reason) -> None:
         self.failure = reason
@@ -437,7 +599,12 @@ class ServerProtocol(_Protocol):
 
 
 class ClientProtocol(_Protocol):
-    """The client side of one session. Call :meth:`start` to queue ``new``."""
+    """The client side of one session. Call :meth:`start` to queue ``new``.
+
+    With ``shortcut`` (the default) ``new`` carries a proposal, and a RAIN server establishes in
+    one round trip (two for ``keypair``); any other server answers the plain way, which this
+    class follows as before. ``shortcut=False`` sends the plain ``new`` of LIME.
+    """
 
     role = Role.CLIENT
 
@@ -448,17 +615,33 @@ class ClientProtocol(_Protocol):
         credentials: ClientCredentials | None = None,
         compression: SessionCompression = SessionCompression.NONE,
         max_envelope_size: int = MAX_ENVELOPE_SIZE,
+        shortcut: bool = True,
     ) -> None:
         super().__init__(node=node, max_envelope_size=max_envelope_size)
         self.credentials = credentials or ClientCredentials()
         self.preferred_compression = SessionCompression(compression)
+        self.shortcut = shortcut
         self._chosen: tuple[SessionCompression, SessionEncryption | None] | None = None
         self._scheme: AuthenticationScheme | None = None
         self.server_node: Node | None = None
 
     def start(self) -> None:
-        """Queue the ``new`` session envelope (no id: the server assigns it)."""
-        self.send(Session(_S.NEW))
+        """Queue the ``new`` session envelope (no id: the server assigns it), with a proposal
+        unless ``shortcut`` is off."""
+        if not self.shortcut:
+            self.send(Session(_S.NEW))
+            return
+        offer = self.credentials.propose()
+        if offer is not None:
+            # Kept for a challenge that comes without a new offer of schemes.
+            self._scheme = offer[0]
+        proposal = Proposal(
+            compression=self.preferred_compression.value,
+            scheme=None if offer is None else offer[0].value,
+            authentication=None if offer is None else offer[1],
+            node=self.node,
+        )
+        self.send(Session(_S.NEW, extras={PROPOSAL_KEY: proposal.to_json()}))
 
     def finish(self) -> None:
         """Ask the server to end the session (``finishing``)."""
@@ -471,12 +654,17 @@ class ClientProtocol(_Protocol):
             )
         if self.session_id is not None:
             self._check_session_id(envelope)
+        opened = self.machine.phase
         self.machine.receive(envelope)  # RemoteProtocolError (15) if out of place
         if self.session_id is None:
             self.session_id = envelope.id
         if envelope.from_ is not None:
             self.server_node = envelope.from_
         phase = self.machine.phase
+        if opened is Phase.PROPOSAL_SENT and phase in (
+            Phase.AUTHENTICATION_OFFERED, Phase.ESTABLISHED
+        ):
+            self._apply_confirmation(envelope)
         if phase is Phase.NEGOTIATION_OFFERED:
             self._choose_options(envelope)
         elif phase is Phase.NEGOTIATED:
@@ -512,6 +700,19 @@ class ClientProtocol(_Protocol):
             raise RemoteProtocolError(
                 f"server echoed compression {compression.value}, we chose "
                 f"{self._chosen[0].value}",
+                code=ReasonCode.SESSION_NEGOTIATION_INVALID_OPTIONS,
+            )
+        self.compression = compression
+        self.encryption = envelope.encryption
+
+    def _apply_confirmation(self, envelope: Session) -> None:
+        """A server that took our proposal names the options on its reply; one that ignored it
+        names none, which means no compression. Either way both sides switch after this frame."""
+        compression = envelope.compression or SessionCompression.NONE
+        if compression not in (SessionCompression.NONE, self.preferred_compression):
+            raise RemoteProtocolError(
+                f"server confirmed compression {compression.value}, we proposed "
+                f"{self.preferred_compression.value}",
                 code=ReasonCode.SESSION_NEGOTIATION_INVALID_OPTIONS,
             )
         self.compression = compression

@@ -16,6 +16,22 @@ Only the server changes the session state; the client requests (``new``, a choic
 ``finishing``). Only session envelopes pass before ``established``; after the client asks to
 finish, the server may still deliver what it had in flight, the client may send nothing more.
 
+The shortcut (RAIN extension, issue 8: long round trips)
+--------------------------------------------------------
+Plain LIME costs a round trip per stage: ``new`` -> offer, choice -> echo, credentials ->
+verdict. A RAIN client instead opens with ``new`` carrying a *proposal* (the extension field
+:data:`PROPOSAL_KEY`: its preferred compression, the scheme it would choose, the credentials
+that need no challenge, its node). That envelope is its own step, :attr:`Step.PROPOSE`, and leads
+to its own phase, :attr:`Phase.PROPOSAL_SENT`, from which the server may answer exactly as it may
+answer a plain ``new``: with ``established`` when it accepts the whole proposal (one round trip),
+``authenticating`` with a challenge for ``keypair`` (whose signature must cover a fresh server
+challenge: two round trips), or the plain ``negotiating``/``authenticating`` offer for the first
+stage it cannot accept. A LIME peer that does not know the extension sees a ``new`` with one
+unknown key, ignores it and answers the plain way, which the client follows; a plain ``new``
+never carries the key, so a RAIN server gives LIME clients the plain exchange. What the reply
+*confirms* (the compression both sides switch to after it) is the protocol's business
+(:mod:`rain_envelopes.protocol`); which replies are legal is this table's.
+
 This module is pure: no I/O, no asyncio, no zmq. ``docs/explanation/session.md``'s diagram is
 generated from :data:`TRANSITIONS` by :func:`mermaid_diagram`.
 """
@@ -29,6 +45,7 @@ from .errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "PHASE_STATE",
+    "PROPOSAL_KEY",
     "TRANSITIONS",
     "Phase",
     "Role",
@@ -51,6 +68,7 @@ class Role(Enum):
 class Phase(Enum):
     START = "start"
     NEW_SENT = "new sent"
+    PROPOSAL_SENT = "proposal sent"
     NEGOTIATION_OFFERED = "negotiation offered"
     NEGOTIATION_CHOSEN = "negotiation chosen"
     NEGOTIATED = "negotiated"
@@ -66,6 +84,8 @@ class Step(StrEnum):
     """What an envelope is, for the table: a session state, or the kind of a non-session one."""
 
     NEW = "new"
+    #: ``new`` carrying a proposal (:data:`PROPOSAL_KEY`): the RAIN shortcut.
+    PROPOSE = "new+proposal"
     NEGOTIATING = "negotiating"
     AUTHENTICATING = "authenticating"
     ESTABLISHED = "established"
@@ -81,6 +101,7 @@ class Step(StrEnum):
 PHASE_STATE: dict[Phase, SessionState] = {
     Phase.START: SessionState.NEW,
     Phase.NEW_SENT: SessionState.NEW,
+    Phase.PROPOSAL_SENT: SessionState.NEW,
     Phase.NEGOTIATION_OFFERED: SessionState.NEGOTIATING,
     Phase.NEGOTIATION_CHOSEN: SessionState.NEGOTIATING,
     Phase.NEGOTIATED: SessionState.NEGOTIATING,
@@ -94,6 +115,10 @@ PHASE_STATE: dict[Phase, SessionState] = {
 
 TERMINAL = frozenset({Phase.FINISHED, Phase.FAILED})
 
+#: The extension field of a ``new`` that carries a proposal. A codec that does not know it keeps
+#: it in ``extras``; a LIME peer ignores it.
+PROPOSAL_KEY = "rainProposal"
+
 C, S = Role.CLIENT, Role.SERVER
 _TRAFFIC = (Step.MESSAGE, Step.NOTIFICATION, Step.COMMAND)
 
@@ -101,10 +126,17 @@ _TRAFFIC = (Step.MESSAGE, Step.NOTIFICATION, Step.COMMAND)
 def _build() -> dict[tuple[Phase, Role, Step], Phase]:
     table: dict[tuple[Phase, Role, Step], Phase] = {
         (Phase.START, C, Step.NEW): Phase.NEW_SENT,
-        # The server answers `new` with whichever stage comes first; each may be skipped.
-        (Phase.NEW_SENT, S, Step.NEGOTIATING): Phase.NEGOTIATION_OFFERED,
-        (Phase.NEW_SENT, S, Step.AUTHENTICATING): Phase.AUTHENTICATION_OFFERED,
-        (Phase.NEW_SENT, S, Step.ESTABLISHED): Phase.ESTABLISHED,
+        (Phase.START, C, Step.PROPOSE): Phase.PROPOSAL_SENT,
+    }
+    # The server answers `new` with whichever stage comes first; each may be skipped. It answers
+    # a proposal the same ways: `established` when it takes all of it, `authenticating` when
+    # the scheme needs a challenge, or the plain offer of the first stage it cannot take (a
+    # server that does not know proposals just answers as to `new`).
+    for opened in (Phase.NEW_SENT, Phase.PROPOSAL_SENT):
+        table[(opened, S, Step.NEGOTIATING)] = Phase.NEGOTIATION_OFFERED
+        table[(opened, S, Step.AUTHENTICATING)] = Phase.AUTHENTICATION_OFFERED
+        table[(opened, S, Step.ESTABLISHED)] = Phase.ESTABLISHED
+    table.update({
         (Phase.NEGOTIATION_OFFERED, C, Step.NEGOTIATING): Phase.NEGOTIATION_CHOSEN,
         (Phase.NEGOTIATION_CHOSEN, S, Step.NEGOTIATING): Phase.NEGOTIATED,
         (Phase.NEGOTIATED, S, Step.AUTHENTICATING): Phase.AUTHENTICATION_OFFERED,
@@ -114,7 +146,7 @@ def _build() -> dict[tuple[Phase, Role, Step], Phase]:
         (Phase.AUTHENTICATION_ANSWERED, S, Step.AUTHENTICATING): Phase.AUTHENTICATION_OFFERED,
         (Phase.AUTHENTICATION_ANSWERED, S, Step.ESTABLISHED): Phase.ESTABLISHED,
         (Phase.ESTABLISHED, C, Step.FINISHING): Phase.FINISHING,
-    }
+    })
     for step in _TRAFFIC:
         table[(Phase.ESTABLISHED, C, step)] = Phase.ESTABLISHED
         table[(Phase.ESTABLISHED, S, step)] = Phase.ESTABLISHED
@@ -143,6 +175,12 @@ _KIND_STEP: dict[type[Envelope], Step] = {
 def step_of(envelope: Envelope) -> Step:
     """The table step an envelope is."""
     if isinstance(envelope, Session):
+        if (
+            envelope.state is SessionState.NEW
+            and envelope.extras is not None
+            and PROPOSAL_KEY in envelope.extras
+        ):
+            return Step.PROPOSE
         return Step(envelope.state.value)
     return _KIND_STEP[type(envelope)]
 

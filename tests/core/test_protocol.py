@@ -46,6 +46,7 @@ from rain_envelopes.protocol import (
     NodeRegistry,
     ServerProtocol,
 )
+from rain_envelopes.session import PROPOSAL_KEY
 
 from .helpers import (
     CLIENT,
@@ -127,7 +128,7 @@ def client_authentication(frame: Frame) -> bool:
 @pytest.mark.parametrize("choice", [NONE, GZIP])
 def test_negotiation_offers_echoes_and_applies_the_choice(choice: SessionCompression) -> None:
     server = ServerProtocol(node=SERVER_NODE, authenticator=None)
-    client = started(ClientProtocol(node=ALICE_NODE, compression=choice))
+    client = started(ClientProtocol(node=ALICE_NODE, compression=choice, shortcut=False))
     frames = pump(client, server)
     assert session_steps(frames) == [
         (CLIENT, _S.NEW),
@@ -154,7 +155,7 @@ def test_negotiation_offers_echoes_and_applies_the_choice(choice: SessionCompres
 
 def test_gzip_applies_exactly_from_the_frame_after_the_echo() -> None:
     server = ServerProtocol(node=SERVER_NODE, authenticator=ServerAuthenticator(KEYS))
-    client = started(keypair_client(compression=GZIP))
+    client = started(keypair_client(compression=GZIP, shortcut=False))
     frames = pump(client, server)
     steps = session_steps(frames)
     echo_index = steps.index((SERVER, _S.NEGOTIATING), 2)
@@ -262,7 +263,7 @@ def test_a_negotiation_choice_that_was_not_offered_fails_with_17(
     choice: dict[str, str], code: int
 ) -> None:
     server = ServerProtocol(node=SERVER_NODE, authenticator=None)
-    client = started(ClientProtocol(node=ALICE_NODE))
+    client = started(ClientProtocol(node=ALICE_NODE, shortcut=False))
     link = Link(client, server)
     link.run_until(lambda f: is_session(f, CLIENT, _S.NEGOTIATING))
     forged = encode(Session(_S.NEGOTIATING, id=server.session_id)).replace(
@@ -292,7 +293,7 @@ def test_no_authenticator_skips_authentication_and_names_the_session_anonymous()
 
 def test_keypair_in_one_round() -> None:
     server = keypair_server(rounds=1)
-    client = started(keypair_client())
+    client = started(keypair_client(shortcut=False))
     frames = pump(client, server)
     offer = frames[1].envelope
     assert isinstance(offer, Session)
@@ -315,7 +316,7 @@ def test_keypair_in_one_round() -> None:
 
 def test_keypair_in_two_rounds() -> None:
     server = keypair_server(rounds=2)
-    client = started(keypair_client())
+    client = started(keypair_client(shortcut=False))
     frames = pump(client, server)
     assert session_steps(frames) == [
         (CLIENT, _S.NEW),
@@ -340,7 +341,7 @@ def test_keypair_in_two_rounds() -> None:
 def test_transport_scheme_accepts_an_authorised_proven_key() -> None:
     server = keypair_server(peer_identity=ALICE.public_key_text)
     client = started(ClientProtocol(
-        node=ALICE_NODE, credentials=ClientCredentials(transport_secured=True)
+        node=ALICE_NODE, credentials=ClientCredentials(transport_secured=True), shortcut=False,
     ))
     frames = pump(client, server)
     offer = frames[1].envelope
@@ -391,17 +392,21 @@ def test_the_authenticator_refuses_the_transport_scheme_without_a_proven_key() -
     assert caught.value.code == 13
 
 
-def test_guest_is_accepted_only_when_the_server_allows_it() -> None:
+@pytest.mark.parametrize("shortcut", [False, True], ids=["plain", "shortcut"])
+def test_guest_is_accepted_only_when_the_server_allows_it(shortcut: bool) -> None:
     server = ServerProtocol(
         node=SERVER_NODE,
         authenticator=ServerAuthenticator(None, allow_guest=True),
         compression_options=(NONE,),
     )
-    client = started(ClientProtocol(node="alice@irf/lab"))
+    client = started(ClientProtocol(node="alice@irf/lab", shortcut=shortcut))
     frames = pump(client, server)
-    offer = frames[1].envelope
-    assert isinstance(offer, Session)
-    assert offer.scheme_options == (AuthenticationScheme.GUEST,)
+    reply = frames[1].envelope
+    assert isinstance(reply, Session)
+    if shortcut:
+        assert reply.state is _S.ESTABLISHED  # the proposal named guest: nothing to offer
+    else:
+        assert reply.scheme_options == (AuthenticationScheme.GUEST,)
     assert server.remote_identity == "guest"
     assert server.remote_node == Node("alice", "guest", "lab")
     assert client.local_node == Node("alice", "guest", "lab")
@@ -772,7 +777,7 @@ def test_the_server_may_finish_on_its_own() -> None:
 
 def test_a_session_id_mismatch_fails_the_session_with_11() -> None:
     server = ServerProtocol(node=SERVER_NODE, authenticator=None)
-    client = started(ClientProtocol(node=ALICE_NODE))
+    client = started(ClientProtocol(node=ALICE_NODE, shortcut=False))
     link = Link(client, server)
     link.run_until(lambda f: is_session(f, CLIENT, _S.NEGOTIATING))
     link.replace_next(encode(Session(_S.NEGOTIATING, id="not-the-id", compression=NONE)))
@@ -824,7 +829,7 @@ def _run_to_nth(link: Link, sender: str, state: SessionState, nth: int) -> Frame
 def test_the_server_fails_a_client_session_envelope_without_the_id(state: SessionState) -> None:
     # A missing id must count as a mismatch, not as "nothing to check" (issue 7, defect 10).
     server = keypair_server(compression_options=(NONE, GZIP))
-    client = started(keypair_client(compression=NONE))
+    client = started(keypair_client(compression=NONE, shortcut=False))
     link = Link(client, server)
     if state is _S.FINISHING:
         link.run()
@@ -854,7 +859,7 @@ def test_the_client_refuses_a_server_session_envelope_without_the_id(
     state: SessionState, nth: int
 ) -> None:
     server = keypair_server(rounds=2, compression_options=(NONE, GZIP))
-    client = started(keypair_client(compression=GZIP))
+    client = started(keypair_client(compression=GZIP, shortcut=False))
     link = Link(client, server)
     if state is _S.FINISHED:
         link.run()
@@ -1144,3 +1149,463 @@ def test_a_malformed_message_with_a_status_key_is_still_answered() -> None:
     assert isinstance(reply, Notification)
     assert reply.id == "m1"
     assert reply.event is NotificationEvent.FAILED
+
+
+# ------------------------------------------------------------------------------ round trips
+#
+# Issue 8, "long round trips": every stage of plain LIME that needs an answer costs a round trip
+# (new -> offer, choice -> echo, credentials -> verdict), and a satellite link pays 0.6-2 s for
+# each. A RAIN client proposes its options and credentials on `new` (the shortcut); the
+# counts below are what the session costs before and after, for the LIME part alone (the
+# transport's own handshake comes on top: see tests/test_long_round_trips.py).
+
+
+def round_trips(client: ClientProtocol, server: ServerProtocol, *, limit: int = 10) -> int:
+    """How many times bytes must cross from the server back to the client before the client
+    is established or the session has ended.
+
+    Each turn is what a link with a long delay does: everything the client has queued goes to
+    the server, then everything the server queued in answer comes back in one flight. A flight
+    back is one round trip; the client's first flight carries ``new``.
+    """
+    trips = 0
+    client.start()
+    for _ in range(limit):
+        if client.is_established or client.closed:
+            return trips
+        to_server = client.data_to_send()
+        for data in to_server:
+            deliver(CLIENT, data, server)
+        to_client = server.data_to_send()
+        assert to_server or to_client, "neither side has anything to say"
+        if to_client:
+            trips += 1
+        for data in to_client:
+            deliver(SERVER, data, client)
+    raise AssertionError(f"not established after {limit} turns")
+
+
+def _zmq_like(*, shortcut: bool, compression: SessionCompression = NONE) -> tuple[
+    ClientProtocol, ServerProtocol
+]:
+    """What ``connect()`` over CURVE meets: the transport proved alice's key, the server offers
+    none and gzip (the transport default) and the transport and keypair schemes."""
+    server = ServerProtocol(
+        node=SERVER_NODE,
+        authenticator=ServerAuthenticator(KEYS),
+        peer_identity=ALICE.public_key_text,
+        encryption=SessionEncryption.CURVE,
+    )
+    client = ClientProtocol(
+        node=ALICE_NODE,
+        credentials=ClientCredentials(identity=ALICE, transport_secured=True),
+        compression=compression,
+        shortcut=shortcut,
+    )
+    return client, server
+
+
+def _keypair(*, shortcut: bool, rounds: int = 1) -> tuple[ClientProtocol, ServerProtocol]:
+    """A link that proves nothing (memory, a plain TCP transport): keypair authentication."""
+    server = ServerProtocol(
+        node=SERVER_NODE, authenticator=ServerAuthenticator(KEYS, keypair_rounds=rounds)
+    )
+    return keypair_client(shortcut=shortcut), server
+
+
+def _guest(*, shortcut: bool) -> tuple[ClientProtocol, ServerProtocol]:
+    server = ServerProtocol(
+        node=SERVER_NODE, authenticator=ServerAuthenticator(None, allow_guest=True),
+        compression_options=(NONE,),
+    )
+    return ClientProtocol(node=ALICE_NODE, shortcut=shortcut), server
+
+
+def _only_gzip(*, shortcut: bool) -> tuple[ClientProtocol, ServerProtocol]:
+    """A proposal the server cannot take (none, where it only offers gzip): plain negotiation."""
+    client, _ = _zmq_like(shortcut=shortcut)
+    server = ServerProtocol(
+        node=SERVER_NODE,
+        authenticator=ServerAuthenticator(KEYS),
+        peer_identity=ALICE.public_key_text,
+        compression_options=(GZIP,),
+    )
+    return client, server
+
+
+#: (case, pair factory, round trips of plain LIME, round trips with the shortcut)
+ROUND_TRIPS = [
+    ("curve-transport-scheme", _zmq_like, 3, 1),
+    ("curve-transport-scheme-gzip",
+     lambda shortcut: _zmq_like(shortcut=shortcut, compression=GZIP), 3, 1),
+    ("keypair", _keypair, 3, 2),
+    ("keypair-two-rounds", lambda shortcut: _keypair(shortcut=shortcut, rounds=2), 4, 2),
+    ("guest", _guest, 2, 1),
+    ("options-refused", _only_gzip, 3, 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "before", "after"), [case[1:] for case in ROUND_TRIPS],
+    ids=[case[0] for case in ROUND_TRIPS],
+)
+def test_round_trips_of_an_establishment_before_and_after_the_shortcut(
+    make: Any, before: int, after: int
+) -> None:
+    client, server = make(shortcut=False)
+    assert round_trips(client, server) == before
+    assert client.is_established
+    assert server.is_established
+    client, server = make(shortcut=True)
+    assert round_trips(client, server) == after
+    assert client.is_established
+    assert server.is_established
+    assert server.remote_identity in ("alice@irf", "guest")
+
+
+def test_over_curve_the_lime_part_is_one_round_trip() -> None:
+    # The aim of issue 8: with the CURVE handshake (about 3.5 round trips through libzmq's
+    # staged greeting) the whole connect stays near 4; the LIME part must be one.
+    client, server = _zmq_like(shortcut=True, compression=GZIP)
+    assert round_trips(client, server) == 1
+    assert server.remote_identity == "alice@irf"
+    assert server.remote_node == Node.parse(ALICE_NODE)
+    assert client.local_node == Node.parse(ALICE_NODE)
+    assert client.remote_node == Node.parse(SERVER_NODE)
+    assert client.compression is GZIP
+    assert server.compression is GZIP
+    assert client.encryption is SessionEncryption.CURVE
+
+
+# ------------------------------------------------------------------------------ the shortcut
+
+
+def proposal_of(frame: Frame) -> dict[str, Any]:
+    envelope = frame.envelope
+    assert isinstance(envelope, Session)
+    assert envelope.state is _S.NEW
+    assert envelope.extras is not None
+    proposal = envelope.extras[PROPOSAL_KEY]
+    assert isinstance(proposal, dict)
+    return proposal
+
+
+def test_the_proposal_names_options_scheme_and_node_and_no_secret() -> None:
+    client = started(ClientProtocol(
+        node=ALICE_NODE, credentials=ClientCredentials(identity=ALICE), compression=GZIP
+    ))
+    (data,) = client.data_to_send()
+    proposal = proposal_of(Frame(CLIENT, data, decode_frame(data)))
+    assert proposal == {
+        "compression": "gzip",
+        "scheme": "keypair",
+        # Only the public key: a signature needs the server's fresh challenge.
+        "authentication": {"key": base64.b64encode(ALICE.public_key).decode()},
+        "from": ALICE_NODE,
+    }
+    assert client.state is _S.NEW
+
+
+def test_a_plain_new_carries_no_proposal() -> None:
+    client = started(ClientProtocol(node=ALICE_NODE, shortcut=False))
+    assert client.data_to_send() == [b'{"state":"new"}']
+
+
+def test_a_taken_proposal_is_answered_with_established_that_confirms_the_options() -> None:
+    client, server = _zmq_like(shortcut=True, compression=GZIP)
+    client.start()
+    frames = pump(client, server)
+    assert session_steps(frames) == [(CLIENT, _S.NEW), (SERVER, _S.ESTABLISHED)]
+    established = frames[1].envelope
+    assert isinstance(established, Session)
+    assert established.compression is GZIP
+    assert established.encryption is SessionEncryption.CURVE
+    # The confirmation itself is the last plain frame, as the negotiation echo is.
+    assert not frames[1].gzipped
+    client.send(Command("get", "/x", id="c1"))
+    server.send(Message("text/plain", "hi"))
+    traffic = pump(client, server)
+    assert [frame.gzipped for frame in traffic] == [True, True]
+    assert server.events_received() == [Command("get", "/x", id="c1")]
+    assert client.events_received() == [Message("text/plain", "hi")]
+
+
+def test_a_keypair_proposal_gets_a_challenge_and_compression_starts_after_it() -> None:
+    server = keypair_server(compression_options=(NONE, GZIP))
+    client = started(keypair_client(compression=GZIP))
+    frames = pump(client, server)
+    assert session_steps(frames) == [
+        (CLIENT, _S.NEW),
+        (SERVER, _S.AUTHENTICATING),
+        (CLIENT, _S.AUTHENTICATING),
+        (SERVER, _S.ESTABLISHED),
+    ]
+    challenge = frames[1].envelope
+    assert isinstance(challenge, Session)
+    assert challenge.scheme_options is None  # not an offer: a challenge for the proposed key
+    assert challenge.authentication is not None
+    assert len(base64.b64decode(challenge.authentication["challenge"])) == 32
+    assert challenge.compression is GZIP
+    assert [frame.gzipped for frame in frames] == [False, False, True, True]
+    signed = frames[2].envelope
+    assert isinstance(signed, Session)
+    assert signed.scheme is AuthenticationScheme.KEYPAIR
+    assert set(signed.authentication or {}) == {"key", "signature"}
+    assert server.remote_identity == "alice@irf"
+    assert server.remote_key == ALICE.public_key
+
+
+def test_a_keypair_proposal_keeps_the_signature_fresh() -> None:
+    # Two sessions with the same session id differ only by the server's random challenge: an
+    # answer signed in the first is refused in the second. The proposal carries no signature,
+    # so the shortcut never lets a client sign before the server has spoken.
+    def session() -> tuple[ClientProtocol, ServerProtocol, Link]:
+        server = keypair_server(session_id="S1")
+        client = started(keypair_client())
+        return client, server, Link(client, server)
+
+    _, first_server, first = session()
+    first_answer = first.run_until(client_authentication)
+    first.run()
+    assert first_server.remote_identity == "alice@irf"
+    client, server, second = session()
+    second.run_until(client_authentication)
+    second.replace_next(first_answer.data)
+    second.run()
+    assert failure_code(second.frames) == 13
+    assert_both_failed(client, server, 13)
+
+
+def test_a_proposal_that_carries_a_signature_is_refused() -> None:
+    server = keypair_server()
+    forged = encode(Session(_S.NEW, extras={PROPOSAL_KEY: {
+        "scheme": "keypair",
+        "authentication": {
+            "key": base64.b64encode(ALICE.public_key).decode(),
+            "signature": base64.b64encode(b"\0" * 64).decode(),
+        },
+    }}))
+    server.receive_data(forged)
+    (reply,) = server.data_to_send()
+    failed = decode_frame(reply)
+    assert isinstance(failed, Session)
+    assert failed.state is _S.FAILED
+    assert failed.reason is not None
+    assert failed.reason.code == 13
+    assert server.remote_identity is None
+
+
+@pytest.mark.parametrize(
+    ("server", "client"),
+    [
+        (
+            lambda: keypair_server(peer_identity=BOB.public_key_text),
+            lambda: ClientProtocol(
+                node="bob@irf/lab", credentials=ClientCredentials(transport_secured=True)
+            ),
+        ),
+        (lambda: keypair_server(), lambda: keypair_client(identity=BOB, node="bob@irf/lab")),
+    ],
+    ids=["transport", "keypair"],
+)
+def test_refused_credentials_in_a_proposal_fail_with_13_in_one_round_trip(
+    server: Any, client: Any
+) -> None:
+    left, right = client(), server()
+    assert round_trips(left, right) == 1
+    assert_both_failed(left, right, 13)
+
+
+def test_a_proposed_scheme_the_server_does_not_offer_falls_back_to_the_plain_offer() -> None:
+    # The client proposes `transport`, but its transport proved no key to this server: the
+    # server offers what it has (keypair, with a challenge) and the client picks from that.
+    server = keypair_server(peer_identity=None)
+    client = ClientProtocol(
+        node=ALICE_NODE, credentials=ClientCredentials(identity=ALICE, transport_secured=True)
+    )
+    client.start()
+    frames = pump(client, server)
+    assert session_steps(frames) == [
+        (CLIENT, _S.NEW),
+        (SERVER, _S.AUTHENTICATING),
+        (CLIENT, _S.AUTHENTICATING),
+        (SERVER, _S.ESTABLISHED),
+    ]
+    offer, answer = frames[1].envelope, frames[2].envelope
+    assert isinstance(offer, Session)
+    assert offer.scheme_options == (AuthenticationScheme.KEYPAIR,)
+    assert isinstance(answer, Session)
+    assert answer.scheme is AuthenticationScheme.KEYPAIR
+    assert server.remote_identity == "alice@irf"
+    assert client.is_established
+
+
+def test_an_unknown_compression_in_a_proposal_gets_the_plain_negotiation() -> None:
+    # A newer client may propose something this server does not know: not an error, just
+    # nothing to take. The credentials in the proposal still spare the authentication round.
+    server = keypair_server(
+        compression_options=(NONE, GZIP), peer_identity=ALICE.public_key_text
+    )
+    server.receive_data(encode(Session(_S.NEW, extras={PROPOSAL_KEY: {
+        "compression": "brotli", "scheme": "transport", "authentication": {}, "from": ALICE_NODE,
+    }})))
+    (offer,) = server.data_to_send()
+    offered = decode_frame(offer)
+    assert isinstance(offered, Session)
+    assert offered.state is _S.NEGOTIATING
+    assert offered.compression_options == (NONE, GZIP)
+    server.receive_data(encode(Session(_S.NEGOTIATING, id=server.session_id, compression=NONE)))
+    echo, established = (decode_frame(data) for data in server.data_to_send())
+    assert isinstance(echo, Session)
+    assert echo.state is _S.NEGOTIATING
+    assert isinstance(established, Session)
+    assert established.state is _S.ESTABLISHED
+    assert established.compression is None  # negotiated the plain way: nothing to confirm
+    assert server.remote_identity == "alice@irf"
+
+
+def test_an_unknown_scheme_in_a_proposal_gets_the_plain_authentication_offer() -> None:
+    server = keypair_server()
+    server.receive_data(encode(Session(_S.NEW, extras={PROPOSAL_KEY: {"scheme": "kerberos"}})))
+    (offer,) = server.data_to_send()
+    offered = decode_frame(offer)
+    assert isinstance(offered, Session)
+    assert offered.state is _S.AUTHENTICATING
+    assert offered.scheme_options == (AuthenticationScheme.KEYPAIR,)
+    assert offered.compression is NONE  # the options were taken, and confirmed here
+
+
+@pytest.mark.parametrize(
+    "proposal",
+    [[], "gzip", {"compression": 1}, {"scheme": ["transport"]}, {"authentication": "x"},
+     {"from": 7}, {"from": "alice @irf"}],
+    ids=["list", "string", "compression", "scheme", "authentication", "from-type", "from-node"],
+)
+def test_a_malformed_proposal_fails_the_session_with_11(proposal: Any) -> None:
+    server = keypair_server()
+    server.receive_data(encode(Session(_S.NEW, extras={PROPOSAL_KEY: proposal})))
+    (reply,) = server.data_to_send()
+    failed = decode_frame(reply)
+    assert isinstance(failed, Session)
+    assert failed.state is _S.FAILED
+    assert failed.reason is not None
+    assert failed.reason.code == 11
+    assert server.closed
+
+
+def test_the_claimed_node_in_a_proposal_never_becomes_the_identity() -> None:
+    server = keypair_server(peer_identity=ALICE.public_key_text)
+    client = ClientProtocol(
+        node="mallory@evil/x", credentials=ClientCredentials(transport_secured=True)
+    )
+    assert round_trips(client, server) == 1
+    assert server.remote_identity == "alice@irf"
+    assert server.remote_node == Node("alice", "irf", "x")
+    assert client.local_node == Node("alice", "irf", "x")
+
+
+def test_a_server_without_authenticator_answers_a_proposal_as_anonymous() -> None:
+    server = ServerProtocol(node=SERVER_NODE, authenticator=None)
+    client = ClientProtocol(
+        node="alice@irf/lab", credentials=ClientCredentials(transport_secured=True)
+    )
+    assert round_trips(client, server) == 1
+    assert server.remote_identity == ANONYMOUS_IDENTITY
+
+
+def test_a_duplicate_node_in_a_proposal_fails_with_12() -> None:
+    registry = NodeRegistry()
+    for expected in ("established", "failed"):
+        server = keypair_server(peer_identity=ALICE.public_key_text, registry=registry)
+        client = ClientProtocol(
+            node=ALICE_NODE, credentials=ClientCredentials(transport_secured=True)
+        )
+        round_trips(client, server)
+        assert client.state.value == expected
+    assert client.failure is not None
+    assert client.failure.code == 12
+
+
+def test_a_client_refuses_a_confirmation_of_options_it_did_not_propose() -> None:
+    client = started(ClientProtocol(node=ALICE_NODE, compression=NONE))
+    client.data_to_send()
+    with pytest.raises(RemoteProtocolError) as caught:
+        client.receive_data(encode(Session(
+            _S.ESTABLISHED, id="S1", from_=SERVER_NODE, to=ALICE_NODE, compression=GZIP
+        )))
+    assert caught.value.code == 17
+    client.reply_to_error(caught.value)
+    assert client.state is _S.FAILED
+    assert client.compression is NONE
+
+
+# ------------------------------------------------------------------------------ plain LIME server
+#
+# A server that does not know the shortcut sees a `new` with one key it does not know, ignores
+# it, and runs PROTOCOL.md's plain sequence. These frames are written by hand from that
+# sequence; the RAIN client must follow them, and must not switch compression on its own.
+
+
+def _gzipped(envelope: Envelope) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    return compressor.compress(encode(envelope)) + compressor.flush()
+
+
+def test_a_plain_lime_server_that_negotiates_and_authenticates_is_followed() -> None:
+    client = started(ClientProtocol(
+        node=ALICE_NODE, credentials=ClientCredentials(transport_secured=True), compression=GZIP
+    ))
+    (new,) = client.data_to_send()
+    assert PROPOSAL_KEY in new.decode()
+    client.receive_data(encode(Session(
+        _S.NEGOTIATING, id="S1", from_=SERVER_NODE, compression_options=(NONE, GZIP),
+        encryption_options=(SessionEncryption.CURVE,),
+    )))
+    (choice,) = client.data_to_send()
+    assert decode_frame(choice) == Session(
+        _S.NEGOTIATING, id="S1", compression=GZIP, encryption=SessionEncryption.CURVE
+    )
+    client.receive_data(encode(Session(
+        _S.NEGOTIATING, id="S1", from_=SERVER_NODE, compression=GZIP,
+        encryption=SessionEncryption.CURVE,
+    )))
+    assert client.compression is GZIP
+    client.receive_data(_gzipped(Session(
+        _S.AUTHENTICATING, id="S1", from_=SERVER_NODE,
+        scheme_options=(AuthenticationScheme.TRANSPORT,),
+    )))
+    (answer,) = client.data_to_send()
+    assert answer.startswith(GZIP_MAGIC)
+    assert decode_frame(answer) == Session(
+        _S.AUTHENTICATING, id="S1", from_=ALICE_NODE, scheme=AuthenticationScheme.TRANSPORT,
+        authentication={},
+    )
+    client.receive_data(_gzipped(Session(
+        _S.ESTABLISHED, id="S1", from_=SERVER_NODE, to=ALICE_NODE
+    )))
+    assert client.is_established
+    assert client.local_node == Node.parse(ALICE_NODE)
+
+
+@pytest.mark.parametrize("reply", ["authenticating", "established"])
+def test_a_plain_lime_server_that_skips_negotiation_leaves_compression_off(reply: str) -> None:
+    # The client proposed gzip; a server that ignored the proposal never agreed to it.
+    client = started(keypair_client(compression=GZIP))
+    client.data_to_send()
+    if reply == "authenticating":
+        client.receive_data(encode(Session(
+            _S.AUTHENTICATING, id="S1", from_=SERVER_NODE,
+            scheme_options=(AuthenticationScheme.KEYPAIR,),
+            authentication={"challenge": base64.b64encode(b"c" * 32).decode()},
+        )))
+        (answer,) = client.data_to_send()
+        assert not answer.startswith(GZIP_MAGIC)
+        signed = decode_frame(answer)
+        assert isinstance(signed, Session)
+        assert set(signed.authentication or {}) == {"key", "signature"}
+    client.receive_data(encode(Session(_S.ESTABLISHED, id="S1", from_=SERVER_NODE, to=ALICE_NODE)))
+    assert client.is_established
+    assert client.compression is NONE
+    client.send(Command("get", "/x", id="c1"))
+    (request,) = client.data_to_send()
+    assert request.startswith(b"{")

@@ -7,7 +7,8 @@ RemoteProtocolError (code 15), and neither changes phase.
 
 The expectations are :data:`LEGAL`, written out here by hand from PROTOCOL.md ("Session
 sequence") and DESIGN.md section 4, not read from the table under test: a test that took its
-expectations from ``TRANSITIONS`` would pass whatever a cell said (issue 7, defect 10).
+expectations from ``TRANSITIONS`` would pass whatever a cell said (issue 7, defect 10). The
+shortcut's rows (issue 8, "long round trips") follow docs/explanation/session.md.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from rain_envelopes.session import (
 CELLS = list(itertools.product(Phase, Role, Step))
 
 P, C, S = Phase, Role.CLIENT, Role.SERVER
-_UP = (P.START, P.NEW_SENT, P.NEGOTIATION_OFFERED, P.NEGOTIATION_CHOSEN, P.NEGOTIATED,
-       P.AUTHENTICATION_OFFERED, P.AUTHENTICATION_ANSWERED, P.ESTABLISHED, P.FINISHING)
+_UP = (P.START, P.NEW_SENT, P.PROPOSAL_SENT, P.NEGOTIATION_OFFERED, P.NEGOTIATION_CHOSEN,
+       P.NEGOTIATED, P.AUTHENTICATION_OFFERED, P.AUTHENTICATION_ANSWERED, P.ESTABLISHED,
+       P.FINISHING)
 
 #: Every legal step, ``(phase, sender, step) -> next phase``; any other cell is illegal.
 LEGAL: dict[tuple[Phase, Role, Step], Phase] = {
@@ -44,6 +46,14 @@ LEGAL: dict[tuple[Phase, Role, Step], Phase] = {
     (P.NEW_SENT, S, Step.NEGOTIATING): P.NEGOTIATION_OFFERED,
     (P.NEW_SENT, S, Step.AUTHENTICATING): P.AUTHENTICATION_OFFERED,
     (P.NEW_SENT, S, Step.ESTABLISHED): P.ESTABLISHED,
+    # The shortcut: `new` with a proposal. The server may answer it in every way it may answer
+    # `new`: `established` (it took the whole proposal), `authenticating` (a keypair challenge,
+    # or the plain offer when it cannot take the scheme), `negotiating` (the plain offer when it
+    # cannot take the options, or a LIME server that ignores the proposal).
+    (P.START, C, Step.PROPOSE): P.PROPOSAL_SENT,
+    (P.PROPOSAL_SENT, S, Step.NEGOTIATING): P.NEGOTIATION_OFFERED,
+    (P.PROPOSAL_SENT, S, Step.AUTHENTICATING): P.AUTHENTICATION_OFFERED,
+    (P.PROPOSAL_SENT, S, Step.ESTABLISHED): P.ESTABLISHED,
     # Negotiation: offer, the client's choice, the server's echo.
     (P.NEGOTIATION_OFFERED, C, Step.NEGOTIATING): P.NEGOTIATION_CHOSEN,
     (P.NEGOTIATION_CHOSEN, S, Step.NEGOTIATING): P.NEGOTIATED,
@@ -106,7 +116,7 @@ def test_every_cell(cell: tuple[Phase, Role, Step]) -> None:
 
 def test_the_table_is_exactly_the_legal_steps() -> None:
     # The same check as test_every_cell in one place, so a changed cell shows as one diff.
-    assert len(LEGAL) == 38
+    assert len(LEGAL) == 44
     assert {cell: TRANSITIONS.get(cell) for cell in CELLS if cell in TRANSITIONS} == LEGAL
 
 
@@ -115,7 +125,7 @@ def test_table_has_the_documented_shape() -> None:
     # Only the server ends sessions or changes state; the client only requests.
     client_steps = {step for (_, sender, step) in legal if sender is Role.CLIENT}
     assert client_steps == {
-        Step.NEW, Step.NEGOTIATING, Step.AUTHENTICATING, Step.FINISHING,
+        Step.NEW, Step.PROPOSE, Step.NEGOTIATING, Step.AUTHENTICATING, Step.FINISHING,
         Step.MESSAGE, Step.NOTIFICATION, Step.COMMAND,
     }
     # Nothing leaves a terminal phase.
@@ -129,11 +139,13 @@ def test_table_has_the_documented_shape() -> None:
     for phase in Phase:
         if phase not in (Phase.FINISHED, Phase.FAILED):
             assert TRANSITIONS[(phase, Role.SERVER, Step.FAILED)] is Phase.FAILED
-    # A client accepts negotiating, authenticating, established or failed in reply to new.
-    replies = {step for (phase, sender, step) in legal if phase is Phase.NEW_SENT}
-    assert replies == {
-        Step.NEGOTIATING, Step.AUTHENTICATING, Step.ESTABLISHED, Step.FAILED, Step.FINISHED
-    }
+    # A client accepts negotiating, authenticating, established or failed in reply to new,
+    # with or without a proposal (a LIME server answers a proposal as a plain new).
+    for opened in (Phase.NEW_SENT, Phase.PROPOSAL_SENT):
+        replies = {step for (phase, sender, step) in legal if phase is opened}
+        assert replies == {
+            Step.NEGOTIATING, Step.AUTHENTICATING, Step.ESTABLISHED, Step.FAILED, Step.FINISHED
+        }
 
 
 def test_every_phase_has_a_public_state() -> None:
@@ -141,6 +153,9 @@ def test_every_phase_has_a_public_state() -> None:
 
 
 def test_step_of_each_envelope_kind() -> None:
+    assert step_of(Session("new")) is Step.NEW
+    assert step_of(Session("new", extras={"rainProposal": {}})) is Step.PROPOSE
+    assert step_of(Session("new", extras={"somethingElse": 1})) is Step.NEW
     assert step_of(Message("text/plain", "x")) is Step.MESSAGE
     assert step_of(Notification("received", id="1")) is Step.NOTIFICATION
     assert step_of(Command("get", "/x", id="1")) is Step.COMMAND
