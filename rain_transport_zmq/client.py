@@ -39,6 +39,7 @@ from ._common import (
     check_endpoint,
     client_context,
     log,
+    socket_error,
     to_ms,
 )
 from ._io import Inbox, SocketPump, copy_error, int_option, monitor_events, open_monitor
@@ -224,6 +225,32 @@ class ZmqTransport(Transport):
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         context = self._context if self._context is not None else client_context()
+        try:
+            self._make_sockets(context)
+        except zmq.ZMQError as exc:
+            # Most likely a limit (sockets per context, open files): say which, in our terms.
+            raise socket_error(f"cannot open a transport to {self.endpoint}", exc) from None
+        assert self._sock is not None
+        assert self._monitor is not None
+        self._handshake = loop.create_future()
+        self._data_pump = SocketPump(loop, self._sock, self._drain)
+        self._pumps = [self._data_pump, SocketPump(loop, self._monitor, self._drain_monitor)]
+        try:
+            self._sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"cannot connect to {self.endpoint}: {exc}") from None
+        try:
+            async with asyncio.timeout(self.options.open_timeout):
+                await self._handshake
+        except TimeoutError:
+            raise TransportError(
+                f"no handshake with {self.endpoint} within {self.options.open_timeout:g} s:"
+                " the server is down, unreachable, or not answering ZeroMQ"
+            ) from None
+
+    def _make_sockets(self, context: zmq.Context[zmq.Socket[bytes]]) -> None:
+        """The DEALER with its options and its monitor; each is kept as soon as it exists, so
+        a failure half-way leaves nothing for ``_shutdown`` to miss. Raises zmq.ZMQError."""
         options = self.options
         sock = context.socket(zmq.DEALER)
         self._sock = sock
@@ -254,21 +281,6 @@ class ZmqTransport(Transport):
             "client",
         )
         self._monitor = monitor
-        self._handshake = loop.create_future()
-        self._data_pump = SocketPump(loop, sock, self._drain)
-        self._pumps = [self._data_pump, SocketPump(loop, monitor, self._drain_monitor)]
-        try:
-            sock.connect(self.endpoint)
-        except zmq.ZMQError as exc:
-            raise TransportError(f"cannot connect to {self.endpoint}: {exc}") from None
-        try:
-            async with asyncio.timeout(options.open_timeout):
-                await self._handshake
-        except TimeoutError:
-            raise TransportError(
-                f"no handshake with {self.endpoint} within {options.open_timeout:g} s:"
-                " the server is down, unreachable, or not answering ZeroMQ"
-            ) from None
 
     # -------------------------------------------------------------------------- events
 

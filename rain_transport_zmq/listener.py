@@ -73,6 +73,8 @@ from ._common import (
     apply_common,
     check_endpoint,
     log,
+    raise_open_files_limit,
+    socket_error,
     to_ms,
 )
 from ._io import Inbox, SocketPump, monitor_events, open_monitor
@@ -274,7 +276,12 @@ class ZmqTransportListener(TransportListener):
         options = self.options
         # Our own context: the ZAP handler must live in the context of the socket it guards,
         # and only one handler can bind per context.
-        self._context = context = zmq.Context(options.io_threads)
+        raise_open_files_limit()  # a connection is a file descriptor (see _common)
+        try:
+            self._context = context = zmq.Context(options.io_threads)
+        except zmq.ZMQError as exc:
+            self._closed = True
+            raise socket_error("cannot make the listener's ZeroMQ context", exc) from None
         try:
             if self.secure or self.networks:
                 self.authenticator = ZapAuthenticator(
@@ -289,18 +296,21 @@ class ZmqTransportListener(TransportListener):
                     raise TransportSecurityError(
                         f"cannot start the ZAP authenticator: {exc}"
                     ) from None
-            router = context.socket(zmq.ROUTER)
-            self._router = router
-            self._configure_router(router)
-            self._monitor = open_monitor(
-                context,
-                router,
-                zmq.EVENT_ACCEPTED
-                | zmq.EVENT_DISCONNECTED
-                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
-                "listener",
-            )
+            try:
+                router = context.socket(zmq.ROUTER)
+                self._router = router
+                self._configure_router(router)
+                self._monitor = open_monitor(
+                    context,
+                    router,
+                    zmq.EVENT_ACCEPTED
+                    | zmq.EVENT_DISCONNECTED
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                    "listener",
+                )
+            except zmq.ZMQError as exc:
+                raise socket_error("cannot open the listener's sockets", exc) from None
             for endpoint in self._requested:
                 try:
                     router.bind(endpoint)
