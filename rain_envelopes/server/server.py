@@ -20,9 +20,37 @@ counted by the channel, which makes the tasks), command expiry (``#expires``, 10
 method not supported), parameter (67 unknown, 66 read-only, 34 too many subscriptions), value
 (64, with the schema error, whether or not the parameter has a setter), plugin code (its
 ParameterError code, or 101). So a refused request never reaches plugin code and changes
-nothing. A repeated ``set`` (same identity, same command id, within the last
-``limits.dedup_window`` sets *of that identity*: dedup.py) is answered with the first answer and
-applied once; another identity's sets cannot push it out of the window.
+nothing.
+
+Exactly-once SET. A ``set`` with an id is first looked up by (proven identity, id): in the
+in-memory window (dedup.py), then in the state file. A remembered set is answered with its first
+answer (64 if the id now comes with another request), even past its ``#expires``: it *was*
+applied, and 1001 would say it was not. Otherwise its expiry is checked, then it is handed to a
+task that belongs to the server, not to the session: a set that has started is finished and
+recorded even if its session ends, and a retry arriving meanwhile on any session waits for that
+first outcome (the session's task only awaits it, shielded). Under the parameter's set lock,
+just before the setter, the expiry is checked again (a set that expired while queued behind
+another is never applied) and, with a state file, an *in progress* record is committed; after
+the setter, the outcome and the new value are committed in one transaction, and only then is
+the set answered. A server killed in between leaves the in-progress record: the retry then gets
+61 "outcome unknown" rather than a second application. Each identity has its own window
+(``limits.dedup_window`` sets, ``limits.dedup_max_age`` seconds), so another identity's sets
+cannot push yours out.
+
+State file (``state=``, store.py). ``start()`` opens it (a file that cannot be trusted raises
+StateStoreError and nothing is left running), binds the parameters, applies each stored value
+of a persisted parameter through its setter (logged and skipped when it fails the schema or
+the setter), and only then starts periodic publication; sessions are served after ``start()``.
+Every store call runs in one dedicated worker thread (``rain-store``): commits in ``"sync"``
+durability wait for an fsync there, never on the event loop, and one worker keeps them in
+submission order, which is the order sets of a parameter were applied because each is
+submitted with no await after its setter returned.
+
+Sessions. Past ``limits.max_sessions`` a new client is answered with a session ``failed`` (34,
+"server full: N sessions"; a server may send ``failed`` before ``new``) and closed. When a
+session ends, the log line says how, read from the session protocol's own state: ``finished``,
+``failed`` (sent or received), or ``lost`` (the link ended, or pings went unanswered, with
+neither), whatever ``close_reason`` the channel chose.
 
 Logging: everything a peer can trigger (connections refused, sessions not established,
 sessions established and ended, messages, repeated sets, and in the channels bad frames,
@@ -33,9 +61,10 @@ writes the summaries with their counts.
 Fast paths (lists, stored values, refusals) answer synchronously in the channel's reader; only
 requests that run plugin code become tasks, so a slow getter delays nobody else.
 
-Clean shutdown (``close()``): stop accepting, stop periodic publication, send ``finished`` to
-every session, cancel what is still running, close the listeners this server opened, unbind the
-parameters and wait (bounded) for plugin threads to return.
+Clean shutdown (``close()``): stop accepting, stop periodic publication, let sets being applied
+finish and be recorded (bounded), send ``finished`` to every session, cancel what is still
+running, close the listeners this server opened, unbind the parameters, wait (bounded) for
+plugin threads to return, and close the state file.
 """
 
 from __future__ import annotations

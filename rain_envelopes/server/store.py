@@ -54,31 +54,22 @@ every session, and a single worker keeps the commits in submission order. ``open
 ``load_values`` and ``close`` run before serving and after it stops, so calling them directly
 is fine.
 
-Intended wiring into :class:`~rain_envelopes.server.server.Server` (by whoever wires it):
+How :class:`~rain_envelopes.server.server.Server` uses it (server.py's docstring has the whole
+story): ``open`` and ``load_values`` at ``start()``, then the stored values are applied through
+the setters before serving; for a set with an id, ``lookup_set`` when the in-memory window
+misses; :meth:`StateStore.begin_set` under the parameter's set lock just before a setter runs;
+``apply_set`` with the outcome (``parameter=None`` for a parameter that opted out of
+persistence, or a failure) right after it, with no await in between, so the single worker
+commits the sets of one parameter in the order they were applied; ``store_value`` for a set
+without an id; ``close`` when the server has closed.
 
-1. Config: ``state = "state.db"`` (relative to the config file) with ``durability``,
-   ``max_records`` (today's ``limits.dedup_window``) and ``max_age``; a parameter-level opt-out
-   of persistence.
-2. ``Server.start()``: ``StateStore.open(...)`` (a StateStoreError stops start-up with its
-   message), then ``load_values()``; for each stored value of a declared, writable, persisted
-   parameter that still passes its schema, apply it as a set would (``live.write(value)``,
-   which calls the setter) before listening. Values of unknown parameters are kept and logged.
-3. ``_deduplicated``: keep the in-memory map for sets still running (a repeat waits for the
-   first); on a miss there, ``lookup_set(identity, id)`` in the store worker; a hit is answered
-   with the stored response (``.replace(to=sender)``), or 64 if the fingerprint differs.
-4. After the setter: in the same task, with no await in between (so the single worker commits
-   sets of one parameter in the order they were applied), ``apply_set(identity, id, name,
-   value, fingerprint, encoded_response, time.time(), timestamp=sample.timestamp,
-   seq=sample.seq)`` in the store worker, and only then answer. Pass ``parameter=None`` for a
-   parameter that opted out: the record is still kept. A set without an id uses
-   :meth:`StateStore.store_value`. The set must be recorded even when the session has closed
-   meanwhile, so the retry on the next session finds it.
-5. ``Server.close()``: after the last set has been answered, ``close()`` the store.
-
-What this cannot do: a plugin setter acts on hardware outside the transaction, so a crash after
-the setter returned but before ``apply_set`` committed (a window of one commit) leaves a set
-applied but not recorded, and its retry applies it again. Recording an intent before calling the
-setter would turn that into "outcome unknown" instead; it is not done here.
+In-progress records. A plugin setter acts on hardware outside the transaction, so a crash after
+the setter ran but before ``apply_set`` committed would leave a set applied but not recorded,
+and its retry would apply it again. ``begin_set`` closes that gap: it commits a record with an
+empty response (``SetRecord.in_progress``) before the setter is called, and ``apply_set``
+replaces it with the outcome. After a crash in between, ``lookup_set`` finds the in-progress
+record and the server answers the retry with "outcome unknown" instead of applying it twice.
+The price is a second commit (a second fsync in ``"sync"`` mode) per set that runs a setter.
 """
 
 from __future__ import annotations
@@ -346,8 +337,10 @@ class StateStore:
 
         ``timestamp`` and ``seq`` describe the sample the value became; they default to ``now``
         formatted as a sample timestamp and the stored seq plus one. If the window already holds
-        a record for this id, the first record is kept. Raises TypeError when ``value`` is not
-        JSON and StateStoreError when the file fails; either way nothing was stored.
+        a finished record for this id, the first record is kept; an in-progress one
+        (:meth:`begin_set`) is completed in place. Raises TypeError when ``value`` is not
+        JSON, ValueError for an empty ``response``, and StateStoreError when the file fails;
+        either way nothing was stored.
         """
         text = None if parameter is None else _encode(value, parameter)
         if timestamp is None:
@@ -392,6 +385,11 @@ class StateStore:
         response: bytes,
         now: float,
     ) -> None:
+        if db.execute(
+            "SELECT 1 FROM set_record WHERE identity = ? AND command_id = ?",
+            (identity, command_id),
+        ).fetchone() is not None:
+            return  # the first record is kept, and a repeat takes no place in the window
         db.execute(
             "INSERT INTO set_window (identity, last_n) VALUES (?, 1) "
             "ON CONFLICT (identity) DO UPDATE SET last_n = last_n + 1",
@@ -403,7 +401,7 @@ class StateStore:
         db.execute(
             "INSERT INTO set_record "
             "(identity, command_id, n, created, fingerprint, response) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (identity, command_id) DO NOTHING",
+            "VALUES (?, ?, ?, ?, ?, ?)",
             (identity, command_id, last_n, now, fingerprint, response),
         )
         db.execute(

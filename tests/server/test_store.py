@@ -327,3 +327,30 @@ def test_second_opener_is_refused_while_open(path: Path) -> None:
         assert store.lookup_set("alice@irf", "c-1") is not None  # the owner is unaffected
     with StateStore.open(path) as store:  # and the file is free again after close
         assert store.lookup_set("alice@irf", "c-1") is not None
+
+
+def test_begin_set_marks_in_progress_and_apply_set_completes_it_in_place(path: Path) -> None:
+    with StateStore.open(path, max_records=2) as store:
+        for number in (1, 2, 3):
+            command_id = f"c-{number}"
+            store.begin_set("alice@irf", command_id, FP, NOW + number)
+            record = store.lookup_set("alice@irf", command_id)
+            assert record is not None
+            assert record.in_progress
+            store.apply_set("alice@irf", command_id, "sampling", number, FP,
+                            RESPONSE + command_id.encode(), NOW + number)
+        # Completing a record does not count as another set: the window keeps two sets.
+        assert record_ids(store, "alice@irf", ["c-1", "c-2", "c-3"]) == ["c-2", "c-3"]
+        assert store.lookup_set("alice@irf", "c-3") == SetRecord(FP, RESPONSE + b"c-3")
+        assert store.load_values()["sampling"].value == 3
+        # A finished record is never replaced, nor turned back into one in progress.
+        store.begin_set("alice@irf", "c-3", FP, NOW + 4)
+        store.apply_set("alice@irf", "c-3", None, None, FP, b"second", NOW + 4)
+        assert store.lookup_set("alice@irf", "c-3") == SetRecord(FP, RESPONSE + b"c-3")
+    # An in-progress record survives a reopen (what a kill inside the setter leaves).
+    with StateStore.open(path) as store:
+        store.begin_set("alice@irf", "c-9", FP, NOW + 5)
+    with StateStore.open(path) as store:
+        record = store.lookup_set("alice@irf", "c-9")
+        assert record is not None
+        assert record.in_progress
