@@ -820,6 +820,21 @@ CONFIG_NOTES: dict[str, tuple[str, ...]] = {
         "guests may `get` and `subscribe`. Present, even as `access = []`: only what a rule "
         "grants is allowed.",
     ),
+    "state": (
+        "path",
+        "The server's SQLite state file, created (mode 0600) when missing. It keeps the last "
+        "value set on each writable parameter (restored before the server serves again) and "
+        "the window of recent `set` command ids, so a retried set is applied once even across "
+        "a restart. Absent: both live in memory only. An unreadable, corrupt or newer-format "
+        "file stops start-up; see [persistent state](server.md#persistent-state).",
+    ),
+    "state_durability": (
+        "string",
+        "`\"sync\"`: each set reaches the disk (an fsync) before it is answered, and survives "
+        "a power cut. `\"batch\"`: the disk is synced at checkpoints only; a set survives a "
+        "crash of the server process, but the last ones may be lost on a power cut. Only with "
+        "`state`.",
+    ),
     "limits": ("table", "Resource limits; every key is in the next table."),
     "logging": ("table", "Where the server logs and how much (keys below)."),
     "transport": (
