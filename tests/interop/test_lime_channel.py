@@ -151,6 +151,9 @@ async def test_lime_client_establishes_a_session(make_link: MakeLink) -> None:
 
     new, answer = adapter.sent[0], adapter.sent[1]
     assert new["state"] == "new"
+    # No proposal from a LIME client, so the plain sequence, which confirms no options.
+    assert "rainProposal" not in new
+    assert "compression" not in adapter.received[1]
     assert "id" in new, "lime-python 2.0.13 gives `new` an id (a LIME violation)"
     assert new["id"] != server.session_id  # ignored: the server assigns the session id
     assert lime.session_id == server.session_id
