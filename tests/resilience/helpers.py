@@ -14,6 +14,7 @@ import asyncio
 import re
 import signal
 import statistics
+import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,18 @@ class Station:
         return server.stop(signal.SIGKILL)
 
     def stop(self) -> int | None:
-        """Stop politely (SIGTERM) if running; the exit status."""
+        """Stop politely (SIGTERM) if running; the exit status. A server that does not exit
+        within 10 s is killed and reported with AssertionError."""
         server, self.server = self.server, None
-        return None if server is None else server.stop()
+        if server is None:
+            return None
+        try:
+            return server.stop()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"rain serve did not exit within 10 s of SIGTERM (killed):\n"
+                f"{server.log_text()[-2000:]}"
+            ) from None
 
     def client(self, endpoint: str | None = None, **options: Any) -> Client:
         """A reconnecting client of this station as alice (who may get, set and subscribe),
