@@ -56,6 +56,7 @@ from rain_envelopes import (  # noqa: E402
     ServerAuthenticator,
     ServerProtocol,
     SessionCompression,
+    SessionEncryption,
 )
 from rain_envelopes.session import PHASE_STATE, TRANSITIONS, Phase, Role, mermaid_diagram  # noqa: E402
 
@@ -63,7 +64,8 @@ from rain_envelopes.session import PHASE_STATE, TRANSITIONS, Phase, Role, mermai
 REQUIRED: dict[str, tuple[str, ...]] = {
     "explanation/session.md": (
         "diagram", "transitions", "sequence-direct", "sequence-keypair", "sequence-two-rounds",
-        "sequence-negotiated", "sequence-refused", "sequence-miss",
+        "sequence-negotiated", "sequence-refused", "sequence-miss", "round-trips",
+        "sequence-shortcut", "sequence-shortcut-keypair",
     ),
     "reference/reason-codes.md": ("reason-codes",),
     "reference/wire-format.md": ("limits", "enums"),
@@ -960,8 +962,16 @@ def _identity(seed: int) -> Identity:
 
 
 def _pair(
-    *, authenticate: bool, gzip: bool = False, rounds: int = 1, authorise: bool = True
+    *,
+    authenticate: bool,
+    gzip: bool = False,
+    rounds: int = 1,
+    authorise: bool = True,
+    shortcut: bool = False,
+    transport_proved: bool = False,
 ) -> tuple[ClientProtocol, ServerProtocol]:
+    """A client and a server. The plain LIME exchange unless ``shortcut``; with
+    ``transport_proved`` the link proved alice's key, as ZeroMQ CURVE does."""
     alice, stranger = _identity(1), _identity(2)
     authenticator = None
     if authenticate:
@@ -974,11 +984,14 @@ def _pair(
         authenticator=authenticator,
         compression_options=(none, gz) if gzip else (none,),
         session_id=_SESSION_ID,
+        peer_identity=alice.public_key_text if transport_proved else None,
+        encryption=SessionEncryption.CURVE if transport_proved else SessionEncryption.NONE,
     )
     client = ClientProtocol(
         node=_CLIENT_NODE,
-        credentials=ClientCredentials(identity=alice),
+        credentials=ClientCredentials(identity=alice, transport_secured=transport_proved),
         compression=gz if gzip else none,
+        shortcut=shortcut,
     )
     return client, server
 
@@ -1054,6 +1067,49 @@ def sequence_negotiated() -> str:
     return _text_block(lines)
 
 
+def sequence_shortcut() -> str:
+    return _sequence(*_pair(authenticate=True, gzip=True, shortcut=True, transport_proved=True))
+
+
+def sequence_shortcut_keypair() -> str:
+    return _sequence(*_pair(authenticate=True, gzip=True, shortcut=True))
+
+
+def _round_trips(client: ClientProtocol, server: ServerProtocol) -> int:
+    """Flights from the server back to the client before ``established`` (as in the tests)."""
+    trips = 0
+    client.start()
+    while not client.is_established:
+        if client.closed:
+            raise ValueError("docs/generate.py: a round-trip example did not establish")
+        for data in client.data_to_send():
+            server.receive_data(data)
+        replies = server.data_to_send()
+        trips += bool(replies)
+        for data in replies:
+            client.receive_data(data)
+    return trips
+
+
+def round_trips() -> str:
+    """Round trips of the LIME part of an establishment, plain and with the shortcut."""
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("ZeroMQ with CURVE (`transport` scheme), compression offered",
+         {"authenticate": True, "gzip": True, "transport_proved": True}),
+        ("a link that proves nothing (`keypair`), compression offered",
+         {"authenticate": True, "gzip": True}),
+        ("the same with `keypair_rounds=2`", {"authenticate": True, "gzip": True, "rounds": 2}),
+        ("`keypair`, one compression", {"authenticate": True}),
+        ("no authenticator, one compression", {"authenticate": False}),
+    ]
+    lines = ["| session | plain LIME | with the shortcut |", "|---|---:|---:|"]
+    for label, options in cases:
+        plain = _round_trips(*_pair(**options))
+        fast = _round_trips(*_pair(shortcut=True, **options))
+        lines.append(f"| {label} | {plain} | {fast} |")
+    return "\n".join(lines) + "\n"
+
+
 def sequence_miss() -> str:
     client, server = _pair(authenticate=True)
     lines: list[str] = []
@@ -1080,6 +1136,9 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "sequence-negotiated": sequence_negotiated,
     "sequence-refused": sequence_refused,
     "sequence-miss": sequence_miss,
+    "sequence-shortcut": sequence_shortcut,
+    "sequence-shortcut-keypair": sequence_shortcut_keypair,
+    "round-trips": round_trips,
     "reason-codes": reason_codes,
     "limits": limits,
     "enums": enums,
