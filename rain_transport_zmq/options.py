@@ -70,12 +70,25 @@ class ZmqOptions:
     client_handshake_ivl       30 s       HANDSHAKE_IVL on clients: slow links and busy
                                           servers need time; ``open_timeout`` bounds the
                                           caller's wait anyway.
-    heartbeat_ivl              10 s       HEARTBEAT_IVL. Without ZMTP heartbeats a silently
-                                          dropped link can take TCP minutes to notice.
-    heartbeat_timeout          30 s       HEARTBEAT_TIMEOUT: three missed heartbeats and the
-                                          link is declared dead (both transports close).
-    heartbeat_ttl              30 s       HEARTBEAT_TTL: tells the peer to drop us after
-                                          this long without traffic (max 6553.5 s).
+    heartbeat_ivl              2 s        HEARTBEAT_IVL: each end sends a PING this often
+                                          (and answers the peer's). Without heartbeats a
+                                          silently dropped link can take TCP minutes to
+                                          notice. Idle cost per session at 2 s: about
+                                          260 bytes/s on the wire, both ways together, and
+                                          under 0.01 % of a core on each side.
+    heartbeat_timeout          4 s        HEARTBEAT_TIMEOUT: the link is declared dead (the
+                                          transport closes, the channel ends with "link
+                                          lost") when nothing at all arrives this long after
+                                          a PING we sent. PINGs go every ``heartbeat_ivl``
+                                          whatever the traffic, so a dead link is noticed
+                                          within ``heartbeat_ivl + heartbeat_timeout`` = 6 s
+                                          on each end. A live link must deliver something
+                                          within 4 s of a PING: ample at 2 s round trip, but
+                                          raise it on links that stall longer.
+    heartbeat_ttl              6 s        HEARTBEAT_TTL: sent in our PINGs, tells the peer to
+                                          drop us when nothing follows a PING for this long,
+                                          so even a peer with slower heartbeats of its own
+                                          notices our death within 6 s (max 6553.5 s).
     reconnect_ivl              0.5 s      RECONNECT_IVL while ``open`` waits for a server
                                           that is not up yet.
     reconnect_ivl_max          30 s       RECONNECT_IVL_MAX: back off up to this, so a
@@ -141,9 +154,9 @@ class ZmqOptions:
     router_handover: bool = False
     server_handshake_ivl: float = 10.0
     client_handshake_ivl: float = 30.0
-    heartbeat_ivl: float = 10.0
-    heartbeat_timeout: float = 30.0
-    heartbeat_ttl: float = 30.0
+    heartbeat_ivl: float = 2.0
+    heartbeat_timeout: float = 4.0
+    heartbeat_ttl: float = 6.0
     reconnect_ivl: float = 0.5
     reconnect_ivl_max: float = 30.0
     immediate: bool = True
