@@ -156,6 +156,8 @@ def test_step_of_each_envelope_kind() -> None:
     assert step_of(Session("new")) is Step.NEW
     assert step_of(Session("new", extras={"rainProposal": {}})) is Step.PROPOSE
     assert step_of(Session("new", extras={"somethingElse": 1})) is Step.NEW
+    # Only `new` can be a proposal: the key on any other session envelope changes nothing.
+    assert step_of(Session("negotiating", extras={"rainProposal": {}})) is Step.NEGOTIATING
     assert step_of(Message("text/plain", "x")) is Step.MESSAGE
     assert step_of(Notification("received", id="1")) is Step.NOTIFICATION
     assert step_of(Command("get", "/x", id="1")) is Step.COMMAND
