@@ -33,6 +33,7 @@ and to answer a repeat from it after a restart.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import re
 from collections import Counter
@@ -121,6 +122,9 @@ async def test_kill_9_during_retried_sets_loses_none_and_doubles_none(tmp_path: 
         done += 1
         progress.set()
 
+    def reached(threshold: float) -> bool:
+        return len(acked) >= threshold or done == CLIENTS
+
     clients = [station.client(backoff=QUICK, command_timeout=20) for _ in range(CLIENTS)]
     kills = 0
     rng = random.Random(8)
@@ -128,8 +132,7 @@ async def test_kill_9_during_retried_sets_loses_none_and_doubles_none(tmp_path: 
         await asyncio.gather(*(c.start(timeout=10) for c in clients))
         streams = [asyncio.ensure_future(stream(c, i)) for i, c in enumerate(clients)]
         for fraction in KILLS_AT:
-            await wait_for(lambda f=fraction: len(acked) >= f * total or done == CLIENTS,
-                           progress, 60)
+            await wait_for(functools.partial(reached, fraction * total), progress, 60)
             await asyncio.sleep(rng.uniform(0, KILL_JITTER))
             acked_before_kill.append(set(acked))
             assert await asyncio.to_thread(station.kill) == -9
