@@ -45,13 +45,16 @@ knob = Parameter("knob", value=0, writable=True, schema={"type": "integer"},
 '''
 
 CLIENTS = 50
-SLOPE_BUDGET = 0.5  # MiB/min
+SLOPE_BUDGET = 0.5  # MiB/min, over the 3-minute run
+#: Over 30 s a server still settling (about 1 MiB more, then flat for minutes) reads as
+#: 2-3 MiB/min: the CI variant bounds the growth instead, the slow one the slope.
+GROWTH_BUDGET = 4.0  # MiB
 WARM_UP = 200  # commands per client before the measures
 RSS_PERIOD = 0.25
 FD_SETTLE = 10.0
 
 
-async def _soak(tmp_path: Path, commands: int, seconds: float) -> None:
+async def _soak(tmp_path: Path, commands: int, seconds: float, *, check_slope: bool) -> None:
     station = Station(make_site(tmp_path, plugins={"soak.py": PLUGIN}))
     server = await asyncio.to_thread(station.start)
     loop = asyncio.get_running_loop()
@@ -145,7 +148,10 @@ async def _soak(tmp_path: Path, commands: int, seconds: float) -> None:
     assert not lost, f"{len(lost)} lost responses, e.g. {lost[:5]}"
     assert not mismatched, f"{len(mismatched)} mismatched, e.g. {mismatched[:5]}"
     assert sum(counted[k] for k in ("get", "set", "subscribe", "unsubscribe")) == total
-    assert slope <= SLOPE_BUDGET, f"server RSS grows by {slope:.2f} MiB/min"
+    growth = (max(v for _, v in rss) - rss[0][1]) / MIB
+    assert growth <= GROWTH_BUDGET, f"server RSS grew by {growth:.1f} MiB during the run"
+    if check_slope:
+        assert slope <= SLOPE_BUDGET, f"server RSS grows by {slope:.2f} MiB/min"
     assert settled is not None, (
         f"server fds {after_fds}, baseline {baseline_fds}, {FD_SETTLE:g} s after the clients left"
     )
@@ -153,10 +159,10 @@ async def _soak(tmp_path: Path, commands: int, seconds: float) -> None:
 
 @pytest.mark.timeout(170)
 async def test_soak_fifty_clients_mixed_commands_ci(tmp_path: Path) -> None:
-    await _soak(tmp_path, 200, 30.0)
+    await _soak(tmp_path, 200, 30.0, check_slope=False)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 async def test_soak_fifty_clients_a_thousand_mixed_commands(tmp_path: Path) -> None:
-    await _soak(tmp_path, 1000, 180.0)
+    await _soak(tmp_path, 1000, 180.0, check_slope=True)
