@@ -778,10 +778,19 @@ class ZmqTransportListener(TransportListener):
         self._closed = True
         for peer in list(self._peers.values()):
             self._end_peer(peer, TransportClosed("listener closed"), bye=False)
-        self._release()
+        # Frames already sent (a server's `finished` to each session) must still leave: the
+        # ROUTER lingers up to bye_timeout for them, and the context is ended off the loop
+        # while it does. With LINGER 0 they were discarded and every client saw a lost link.
+        context = self._release(router_linger=self.options.bye_timeout, terminate=False)
         self._accepted.put_nowait(None)
+        if context is not None:
+            await asyncio.to_thread(context.destroy, linger=0)
 
-    def _release(self) -> None:
+    def _release(
+        self, *, router_linger: float = 0.0, terminate: bool = True
+    ) -> zmq.Context[zmq.Socket[bytes]] | None:
+        """Close every socket; end the context, or hand it back when ``terminate`` is false
+        (ending it waits up to ``router_linger`` for the ROUTER's queued frames)."""
         for pump in self._pumps:
             pump.close()
         self._pumps, self._router_pump = [], None
@@ -796,7 +805,7 @@ class ZmqTransportListener(TransportListener):
         if router is not None:
             with contextlib.suppress(zmq.ZMQError):
                 router.disable_monitor()
-            router.close(linger=0)
+            router.close(linger=to_ms(router_linger))
         if monitor is not None:
             monitor.close(linger=0)
         # Only now: with no handler in the context libzmq would accept any key (trap 1), so
@@ -804,9 +813,11 @@ class ZmqTransportListener(TransportListener):
         if self.authenticator is not None:
             self.authenticator.stop()
         context, self._context = self._context, None
-        if context is not None:
-            # Every socket of this context is closed with LINGER 0 above, so this cannot hang.
+        if context is not None and terminate:
+            # Every socket of this context is closed with a bounded LINGER, so this cannot hang.
             context.destroy(linger=0)
+            return None
+        return context
 
 
 def _frame_address(frame: zmq.Frame) -> str | None:
