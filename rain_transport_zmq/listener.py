@@ -229,6 +229,8 @@ class ZmqTransportListener(TransportListener):
         self._bye_deadlines: dict[int, tuple[int, asyncio.TimerHandle, str]] = {}
         #: Connections this listener shut down because their peer ignored ``bye``.
         self.forced_closes = 0
+        # Set whenever a connection told ``bye`` goes away (close() waits on it).
+        self._bye_left = asyncio.Event()
         #: Everything a peer can make us log goes through here (one line per peer, kind and
         #: interval, then a count): an attacker must not decide how much we write.
         self.peer_log = PeerLog(log, interval=self.options.log_interval)
@@ -587,6 +589,7 @@ class ZmqTransportListener(TransportListener):
                 told = self._bye_deadlines.pop(value, None)
                 if told is not None:
                     told[1].cancel()  # it left as asked
+                    self._bye_left.set()
                 gone = self._fd_peers.pop(value, set())
                 if gone:
                     self._doomed |= gone
@@ -686,6 +689,7 @@ class ZmqTransportListener(TransportListener):
         if told is None or told[0] != serial:
             return
         del self._bye_deadlines[fd]
+        self._bye_left.set()
         # libzmq has no way to drop one peer of a ROUTER, so we shut the TCP (or ipc) socket
         # down under it through a duplicate of its descriptor; libzmq then reads end-of-file
         # and ends the connection as if the peer had hung up (DISCONNECTED follows).
@@ -778,6 +782,12 @@ class ZmqTransportListener(TransportListener):
         self._closed = True
         for peer in list(self._peers.values()):
             self._end_peer(peer, TransportClosed("listener closed"), bye=False)
+        # Peers told `bye` (a server's sessions, just sent `finished`) hang up themselves once
+        # they have read everything; closing their connections from here first would race
+        # that: a client DEALER (IMMEDIATE) discards frames it had not read yet when its
+        # connection drops, so the `finished` it was sent would be lost and the client would
+        # see a lost link instead of a clean end. So wait for them, up to bye_timeout.
+        await self._await_byes(self.options.bye_timeout)
         # Frames already sent (a server's `finished` to each session) must still leave: the
         # ROUTER lingers up to bye_timeout for them, and the context is ended off the loop
         # while it does. With LINGER 0 they were discarded and every client saw a lost link.
@@ -785,6 +795,20 @@ class ZmqTransportListener(TransportListener):
         self._accepted.put_nowait(None)
         if context is not None:
             await asyncio.to_thread(context.destroy, linger=0)
+
+    async def _await_byes(self, timeout: float) -> None:
+        """Wait until every connection told ``bye`` has gone, at most ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._bye_deadlines:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._bye_left.clear()
+            try:
+                await asyncio.wait_for(self._bye_left.wait(), remaining)
+            except TimeoutError:
+                return
 
     def _release(
         self, *, router_linger: float = 0.0, terminate: bool = True

@@ -164,7 +164,7 @@ async def test_a_deadline_never_cuts_a_newer_connection_on_the_same_descriptor(
         await client.close()
 
 
-async def test_closing_the_listener_cancels_pending_deadlines(
+async def test_closing_the_listener_leaves_no_deadline_pending(
     server_identity: Identity,
     client_identity: Identity,
     authorized_keys: AuthorizedKeys,
@@ -182,8 +182,10 @@ async def test_closing_the_listener_cancels_pending_deadlines(
         await listener.close_peer(client_identity.public_key_text)
         timers = [timer for _serial, timer, _who in listener._bye_deadlines.values()]
         assert len(timers) == 1
-        await bounded(listener.close())  # while the rude client is still connected
-        assert timers[0].cancelled()
+        # While the rude client is still connected: close waits for it up to bye_timeout (a
+        # polite peer hangs up after reading its last frames), then nothing is left pending.
+        await bounded(listener.close())
+        assert timers[0].cancelled() or listener.forced_closes == 1
         assert listener._bye_deadlines == {}
     finally:
         rude.close()
