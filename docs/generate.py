@@ -391,7 +391,7 @@ API_GROUPS: dict[str, tuple[str, ...]] = {
         "AuthenticationFailed", "EstablishTimeout", "CommandFailed", "CommandTimeout",
         "ChannelClosed", "KeyFileError", "ConfigError", "TransportError", "TransportClosed",
         "QueueFull", "TransportSecurityError", "NotDone", "Disconnected", "ResponseTimeout",
-        "ClientClosed",
+        "ClientClosed", "StateStoreError",
     ),
 }
 

@@ -55,6 +55,7 @@ from .errors import (
     NotDone,
     SessionError,
     SessionFailed,
+    StateStoreError,
     TransportError,
     TransportSecurityError,
 )
@@ -369,7 +370,7 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> CliError:
         )
     if isinstance(exc, (ChannelClosed, SessionError, NotDone)):
         return CliError(f"{endpoint}: the session ended: {exc}", EXIT_UNREACHABLE)
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError | StateStoreError):
         return CliError(str(exc), EXIT_USAGE)
     if isinstance(exc, TransportSecurityError):
         if exc.cause == "server-key":

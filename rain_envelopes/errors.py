@@ -22,6 +22,7 @@ library, so callers only ever need to catch what is drawn here::
     │   └── ClientClosed               the client was closed (or gave up) first
     ├── KeyFileError                   a key file is missing, malformed or has unsafe permissions
     ├── ConfigError                    (also ValueError) a bad configuration value; names the key
+    ├── StateStoreError                the server's state file cannot be used; names it and the fix
     └── TransportError                 (also OSError) the link failed
         ├── TransportClosed            the link has ended; nothing more will be received
         ├── QueueFull                  the peer's queue is full; the frame was not sent
@@ -58,6 +59,7 @@ __all__ = [
     "ResponseTimeout",
     "SessionError",
     "SessionFailed",
+    "StateStoreError",
     "TransportClosed",
     "TransportError",
     "TransportSecurityError",
@@ -188,6 +190,18 @@ class KeyFileError(RainError):
 
 class ConfigError(RainError, ValueError):
     """A configuration value is wrong. The message names the key and what was expected."""
+
+
+class StateStoreError(RainError):
+    """The server's state file cannot be used; the message names the file and what to do.
+
+    Raised instead of ever resetting the file: unreadable, not a database, corrupt, from a newer
+    format version, or in use by another server. ``path`` is the state file.
+    """
+
+    def __init__(self, message: str, *, path: object) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class TransportError(RainError, OSError):

@@ -584,6 +584,19 @@ def test_serve_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
     assert "limits.queue_lenght: unknown key; did you mean 'queue_length'?" in done.stderr
 
 
+def test_serve_refuses_an_unusable_state_file_in_one_line(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    config = site.folder / "rain.toml"
+    config.write_text('state = "state.db"\n' + config.read_text())  # a top-level key
+    (site.folder / "state.db").write_bytes(b"this is not a SQLite database" * 100)
+    done = rain("serve", str(config))
+    assert done.returncode == 2, done.stderr
+    assert "state.db" in done.stderr
+    assert "unexpected error" not in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (site.folder / "state.db").read_bytes().startswith(b"this is not")  # never reset
+
+
 def test_sighup_reloads_keys_and_closes_revoked_sessions(tmp_path: Path) -> None:
     from rain_envelopes.channel import connect
     from rain_envelopes.keys import AuthorizedKeys, Identity, load_public_key

@@ -87,7 +87,7 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
-from ..errors import RainError
+from ..errors import StateStoreError
 from .samples import format_timestamp
 
 __all__ = [
@@ -142,17 +142,6 @@ _RESET_ADVICE = (
     "The server will not start on it rather than lose its settings: restore the file from a "
     "backup, or move it aside to start again from the plugins' initial values"
 )
-
-
-class StateStoreError(RainError):
-    """The state file cannot be used; the message names the file and what to do.
-
-    ``path`` is the state file.
-    """
-
-    def __init__(self, message: str, *, path: Path | str) -> None:
-        super().__init__(message)
-        self.path = Path(path)
 
 
 class StoredValue(NamedTuple):
