@@ -158,7 +158,7 @@ class Channel:
         transport: Transport,
         *,
         command_timeout: float = 10.0,
-        establish_timeout: float = 10.0,
+        establish_timeout: float = 30.0,
         ping_interval: float | None = None,
         ping_timeout: float = 5.0,
         max_requests_in_progress: int | None = None,
@@ -878,7 +878,7 @@ async def connect(
     server_key: bytes | None = None,
     node: Node | str | None = None,
     insecure: bool = False,
-    establish_timeout: float = 10.0,
+    establish_timeout: float = 30.0,
     transport_options: dict[str, Any] | None = None,
     **channel_options: Any,
 ) -> ClientChannel:

@@ -970,9 +970,9 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
                             " in (default: $RAIN_KNOWN_HOSTS)")
     group.add_argument("--insecure", action="store_true",
                        help="talk to a server without transport security (loopback tests only)")
-    group.add_argument("-t", "--timeout", type=_positive_seconds, default=5.0, metavar="SECONDS",
+    group.add_argument("-t", "--timeout", type=_positive_seconds, default=30.0, metavar="SECONDS",
                        help="give up on the session, and on each answer, after this long"
-                            " (default: 5)")
+                            " (default: 30, enough for a session over a 2 s round trip)")
     group.add_argument("--ping-interval", type=_seconds_or_never, default=PING_INTERVAL,
                        metavar="SECONDS",
                        help="ping the server when nothing came from it for this long, to"

@@ -303,7 +303,7 @@ class Client:
         insecure: bool = False,
         backoff: Backoff | None = None,
         command_timeout: float = 10.0,
-        establish_timeout: float = 10.0,
+        establish_timeout: float = 30.0,
         ping_interval: float | None = 2.0,
         ping_timeout: float = 3.0,
         wait_for_link: bool = True,

@@ -104,8 +104,10 @@ class ZmqOptions:
                                           normalises them). Turned on by itself for
                                           ``tcp://[...]`` endpoints.
     tcp_sndbuf / tcp_rcvbuf    -1         SNDBUF / RCVBUF, bytes; -1 = the OS default.
-    open_timeout               10 s       How long ``ZmqTransport.open`` waits for a
-                                          completed handshake before TransportError.
+    open_timeout               30 s       How long ``ZmqTransport.open`` waits for a
+                                          completed handshake before TransportError:
+                                          about 3.5 round trips, so 30 s serves a 2 s
+                                          round trip with room for a lost packet.
                                           A refused key or a wrong pinned server key is
                                           reported at once, not at this timeout.
     send_timeout               5 s        How long a client ``send`` waits for room when its
@@ -164,7 +166,7 @@ class ZmqOptions:
     ipv6: bool = False
     tcp_sndbuf: int = -1
     tcp_rcvbuf: int = -1
-    open_timeout: float = 10.0
+    open_timeout: float = 30.0
     send_timeout: float = 5.0
     client_receive_buffer: int = 1000
     peer_receive_buffer: int = 1000
