@@ -52,7 +52,7 @@ from rain_envelopes.transport import ServerSecurity
 #: IPv4 (20) + TCP with the timestamp option (32) bytes per segment.
 HEADER_BYTES = 52
 START_TIMEOUT = 30.0
-DEFAULT_SETTINGS = ("0,0,0", "10,30,30", "2,6,6", "1,5,5")
+DEFAULT_SETTINGS = ("0,0,0", "10,30,30", "2,4,6", "1,5,5")
 
 
 @dataclass(frozen=True)

@@ -53,3 +53,29 @@ def test_bench_roundtrip_quick_prints_the_table_with_ratios() -> None:
     codec = [row for row in out.splitlines() if row.startswith("codec ")]
     assert len(codec) == 6, out
     assert all(re.search(RATIO + r"\s*$", row) for row in codec), codec
+
+
+IDLE = SCRIPT.parent / "bench_idle.py"
+
+
+def test_bench_idle_runs_and_prints_a_row_per_setting() -> None:
+    try:
+        done = subprocess.run(
+            [sys.executable, str(IDLE), "--sessions", "2", "--seconds", "0.5",
+             "--heartbeats", "0,0,0", "--heartbeats", "2,4,6"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=IDLE.parent,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the idle benchmark took longer than {exc.timeout} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [row.split() for row in done.stdout.splitlines()]
+    labels = [row[0] for row in rows if row]
+    assert "off" in labels, done.stdout
+    assert "2/4/6" in labels, done.stdout
+    for row in rows:
+        if row and row[0] in ("off", "2/4/6"):
+            figures = row[-5:]  # bytes/s on the wire and as payload, segments/s, two CPUs
+            assert all(float(cell) >= 0 for cell in figures), row

@@ -5,9 +5,8 @@ Waits are on data, on the proxy's counters (``wait_until``) or on events, each w
 The timing checks (latency, bandwidth) assert lower bounds, which a loaded machine cannot break,
 and upper bounds with wide margins, which only a proxy that serialises its delays can break.
 
-One test is an expected failure until issue 8 is done: a RAIN channel ended by a reset says
-nothing about why (``close_reason`` None, ``state`` still ``established``). It is strict: when
-the channel starts telling, remove the marker.
+A RAIN channel ended by a reset says why: ``close_reason`` is "link lost" (code 11) and its
+state is no longer ``established`` (issue 8).
 """
 
 from __future__ import annotations
