@@ -15,9 +15,11 @@ def _blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", text, re.DOTALL)
 
 
-def test_tutorial_shows_the_plugin_file_verbatim() -> None:
-    (plugin,) = _blocks("python")
+def test_tutorial_shows_the_plugin_file_and_the_watch_script_verbatim() -> None:
+    plugin, watch = _blocks("python")
     assert plugin == (EXAMPLE / "plugins" / "weather.py").read_text("utf-8")
+    assert watch == (EXAMPLE / "watch.py").read_text("utf-8")
+    compile(watch, "watch.py", "exec")
 
 
 def test_tutorial_shows_the_config_file_without_its_header_comment() -> None:
