@@ -391,7 +391,8 @@ API_GROUPS: dict[str, tuple[str, ...]] = {
         "AuthenticationFailed", "EstablishTimeout", "CommandFailed", "CommandTimeout",
         "ChannelClosed", "KeyFileError", "ConfigError", "TransportError", "TransportClosed",
         "QueueFull", "TransportSecurityError", "NotDone", "Disconnected", "ResponseTimeout",
-        "ClientClosed", "StateStoreError",
+        "ClientClosed", "StateStoreError", "HandshakeFailed", "PeerGone",
+        "SecurityCause",
     ),
 }
 

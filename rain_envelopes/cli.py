@@ -53,6 +53,7 @@ from .errors import (
     EstablishTimeout,
     KeyFileError,
     NotDone,
+    SecurityCause,
     SessionError,
     SessionFailed,
     StateStoreError,
@@ -373,7 +374,7 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> CliError:
     if isinstance(exc, ConfigError | StateStoreError):
         return CliError(str(exc), EXIT_USAGE)
     if isinstance(exc, TransportSecurityError):
-        if exc.cause == "server-key":
+        if exc.cause == SecurityCause.SERVER_KEY:
             # The server closed the connection mid-handshake: a wrong pinned key looks like
             # this, and so does a link that broke (or a server that stopped) at that moment.
             return CliError(
@@ -381,7 +382,7 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> CliError:
                 " handshake: try again",
                 EXIT_AUTH,
             )
-        return CliError(str(exc), EXIT_AUTH)  # "refused": the server's ZAP said no
+        return CliError(str(exc), EXIT_AUTH)  # REFUSED: the server's ZAP said no
     if isinstance(exc, TransportError):
         text = str(exc)
         return CliError(

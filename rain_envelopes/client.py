@@ -66,6 +66,7 @@ from .errors import (
     ConfigError,
     Disconnected,
     ResponseTimeout,
+    SecurityCause,
     SessionError,
     TransportError,
     TransportSecurityError,
@@ -268,7 +269,7 @@ def _definitive(error: BaseException) -> bool:
     """Whether a failed attempt will fail again the same way (so retrying is pointless)."""
     if isinstance(error, AuthenticationFailed | ConfigError):
         return True
-    return isinstance(error, TransportSecurityError) and error.cause == "refused"
+    return isinstance(error, TransportSecurityError) and error.cause == SecurityCause.REFUSED
 
 
 def _reason_for(error: BaseException) -> Reason:

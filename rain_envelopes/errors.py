@@ -26,13 +26,19 @@ library, so callers only ever need to catch what is drawn here::
     └── TransportError                 (also OSError) the link failed
         ├── TransportClosed            the link has ended; nothing more will be received
         ├── QueueFull                  the peer's queue is full; the frame was not sent
+        │   └── PeerGone               (also TransportClosed) the peer's connection is gone
         └── TransportSecurityError     the transport's security could not be set up safely
+            └── HandshakeFailed        the secure handshake failed; ``cause`` says which way
 
 Invariant: the receive path (decode, protocol, channel dispatch) lets nothing but these escape.
+
+Kinds are enums, not loose strings: a :class:`TransportSecurityError`'s ``cause`` is a
+:class:`SecurityCause` (a StrEnum, so it still compares equal to ``"refused"`` and the rest).
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -49,14 +55,17 @@ __all__ = [
     "EnvelopeDecodeError",
     "EnvelopeValidationError",
     "EstablishTimeout",
+    "HandshakeFailed",
     "KeyFileError",
     "LocalProtocolError",
     "NotDone",
+    "PeerGone",
     "ProtocolError",
     "QueueFull",
     "RainError",
     "RemoteProtocolError",
     "ResponseTimeout",
+    "SecurityCause",
     "SessionError",
     "SessionFailed",
     "StateStoreError",
@@ -216,12 +225,50 @@ class QueueFull(TransportError):
     """The peer's queue is full (or the peer is unknown): the frame was not sent."""
 
 
+class SecurityCause(StrEnum):
+    """Why a transport's security could not be set up (:attr:`TransportSecurityError.cause`).
+
+    Members compare equal to the strings earlier versions used (``cause == "refused"`` still
+    holds), so code written against those strings keeps working.
+    """
+
+    #: The server definitively refused our key or our address: retrying will not help.
+    REFUSED = "refused"
+    #: The server could not complete the handshake with us, most likely because the pinned
+    #: server key is not the server's. A link that broke mid-handshake (a server restarting)
+    #: can look the same, so this is not final.
+    SERVER_KEY = "server-key"
+    #: The peer speaks another security mechanism (CURVE against none, say), or the handshake
+    #: broke in a way that names nothing more precise.
+    PROTOCOL = "protocol"
+
+
 class TransportSecurityError(TransportError):
     """The transport's security could not be set up safely, so it refuses to run.
 
-    ``cause`` may say more: ``"refused"`` means the server definitively refused our key or our
-    address (retrying will not help); other values (``"server-key"``, ``"protocol"``) may also
-    come from a link that broke mid-handshake, e.g. while a server restarts.
+    ``cause`` may say more (a :class:`SecurityCause`, None when nothing more is known):
+    :attr:`SecurityCause.REFUSED` is final; the others may also come from a link that broke
+    mid-handshake, e.g. while a server restarts.
     """
 
-    cause: str | None = None
+    cause: SecurityCause | None = None
+
+
+class HandshakeFailed(TransportSecurityError):
+    """The secure handshake with the peer failed; ``cause`` says which way.
+
+    Raised by transports that run a handshake of their own (ZeroMQ CURVE): by ``open`` on a
+    client, and by ``receive`` once the link ended that way. ``cause`` is always set here.
+    """
+
+    def __init__(self, message: str, cause: SecurityCause = SecurityCause.PROTOCOL) -> None:
+        super().__init__(message)
+        self.cause: SecurityCause = SecurityCause(cause)
+
+
+class PeerGone(QueueFull, TransportClosed):
+    """The peer's connection is gone: the frame was not sent and the transport is closed.
+
+    A QueueFull (the frame was refused, as when the peer is unknown) and a TransportClosed
+    (nothing more will come on this link), so callers catching either see it.
+    """

@@ -1,5 +1,7 @@
 """Pieces the ZeroMQ client and listener share: the control messages, the client context,
-socket options both roles set, endpoint checks, and the two errors this package adds.
+socket options both roles set, and endpoint checks. The errors this package raises are all in
+:mod:`rain_envelopes.errors` (``HandshakeFailed`` and ``PeerGone`` included), re-exported here
+and from the package for code written when they lived here.
 
 How many sessions one process can hold. Every client transport of a process shares one zmq
 context (one I/O thread, however many connections) and holds three zmq sockets in it: its
@@ -29,13 +31,7 @@ from collections.abc import Iterable
 
 import zmq
 
-from rain_envelopes.errors import (
-    ConfigError,
-    QueueFull,
-    TransportClosed,
-    TransportError,
-    TransportSecurityError,
-)
+from rain_envelopes.errors import ConfigError, HandshakeFailed, PeerGone, TransportError
 
 from .options import ZmqOptions
 
@@ -142,24 +138,6 @@ def socket_error(what: str, exc: zmq.ZMQError) -> TransportError:
             " close sessions you do not use"
         )
     return TransportError(f"{what}: {exc}")
-
-
-class HandshakeFailed(TransportSecurityError):
-    """The secure handshake failed; ``cause`` says which way.
-
-    - ``"refused"``: the server's authenticator refused our key or our address;
-    - ``"server-key"``: the server could not complete CURVE with us, most likely because the
-      pinned server key is not the server's;
-    - ``"protocol"``: the peer speaks another security mechanism (e.g. CURVE vs none).
-    """
-
-    def __init__(self, message: str, cause: str = "protocol") -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
-class PeerGone(QueueFull, TransportClosed):
-    """The peer's connection is gone: the frame was not sent and the transport is closed."""
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -25,7 +25,14 @@ from typing import Any
 import zmq
 
 from rain_envelopes.envelopes import SessionEncryption
-from rain_envelopes.errors import ConfigError, QueueFull, TransportClosed, TransportError
+from rain_envelopes.errors import (
+    ConfigError,
+    HandshakeFailed,
+    QueueFull,
+    SecurityCause,
+    TransportClosed,
+    TransportError,
+)
 from rain_envelopes.keys import Identity, format_public_key, parse_public_key
 from rain_envelopes.transport import ClientSecurity, Transport
 
@@ -34,7 +41,6 @@ from ._common import (
     CONTROL,
     HELLO,
     ZERO_COPY_FROM,
-    HandshakeFailed,
     apply_common,
     check_endpoint,
     client_context,
@@ -54,7 +60,7 @@ def _handshake_error(event: int, value: int, endpoint: str, secure: bool) -> Han
         return HandshakeFailed(
             f"{endpoint} refused us (ZAP status {value}): our public key is not in the server's"
             " authorised keys, or our address is not in its allowlist",
-            "refused",
+            SecurityCause.REFUSED,
         )
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
         if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
@@ -64,10 +70,12 @@ def _handshake_error(event: int, value: int, endpoint: str, secure: bool) -> Han
             )
         elif value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
             detail = "a cryptographic check failed: most likely the pinned server key is wrong"
-            return HandshakeFailed(f"handshake with {endpoint} failed: {detail}", "server-key")
+            message = f"handshake with {endpoint} failed: {detail}"
+            return HandshakeFailed(message, SecurityCause.SERVER_KEY)
         else:
             detail = f"ZMTP protocol error 0x{value:08x}"
-        return HandshakeFailed(f"handshake with {endpoint} failed: {detail}", "protocol")
+        message = f"handshake with {endpoint} failed: {detail}"
+        return HandshakeFailed(message, SecurityCause.PROTOCOL)
     reason = errno.errorcode.get(value, str(value))
     if not secure:
         # Which event a mismatch produces is a race: the server's ERROR or its close.
@@ -75,13 +83,13 @@ def _handshake_error(event: int, value: int, endpoint: str, secure: bool) -> Han
             f"handshake with {endpoint} failed: the server closed the connection ({reason})."
             " It most likely requires CURVE, a different security mechanism from this insecure"
             " client's; or the endpoint is not a RAIN server",
-            "protocol",
+            SecurityCause.PROTOCOL,
         )
     return HandshakeFailed(
         f"CURVE handshake with {endpoint} failed: the server closed the connection ({reason})."
         " Most likely the pinned server key is not this server's key (check server_key or the"
         " known-hosts entry); or the endpoint is not a RAIN server",
-        "server-key",
+        SecurityCause.SERVER_KEY,
     )
 
 

@@ -54,7 +54,10 @@ import zmq.utils.z85
 from rain_envelopes.envelopes import SessionEncryption
 from rain_envelopes.errors import (
     ConfigError,
+    HandshakeFailed,
+    PeerGone,
     QueueFull,
+    SecurityCause,
     TransportClosed,
     TransportError,
     TransportSecurityError,
@@ -68,8 +71,6 @@ from ._common import (
     CONTROL,
     HELLO,
     ZERO_COPY_FROM,
-    HandshakeFailed,
-    PeerGone,
     apply_common,
     check_endpoint,
     log,
@@ -390,7 +391,8 @@ class ZmqTransportListener(TransportListener):
             await probe.open()
         except HandshakeFailed as exc:
             decision = self.authenticator.decision_for(probe_key)
-            if exc.cause == "refused" and decision is not None and not decision.accepted:
+            refused = exc.cause is SecurityCause.REFUSED
+            if refused and decision is not None and not decision.accepted:
                 log.info("self-test passed: an unknown key was refused (%s)", decision.text)
                 return
             raise TransportSecurityError(

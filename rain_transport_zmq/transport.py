@@ -10,7 +10,9 @@ empty are transport control, never handed to the session:
 
 The client lives in :mod:`rain_transport_zmq.client`, the listener in
 :mod:`rain_transport_zmq.listener`; their module docstrings state their invariants. This module
-gathers both and the factory registered for ``tcp://`` and ``ipc://``.
+gathers both and the factory registered for ``tcp://`` and ``ipc://``. ``HandshakeFailed`` and
+``PeerGone`` live in :mod:`rain_envelopes.errors`; they are re-exported here so that code which
+imported them from this package keeps working.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rain_envelopes.errors import HandshakeFailed, PeerGone
 from rain_envelopes.transport import (
     ClientSecurity,
     ServerSecurity,
@@ -26,7 +29,6 @@ from rain_envelopes.transport import (
     TransportListener,
 )
 
-from ._common import HandshakeFailed, PeerGone
 from .client import ZmqTransport
 from .listener import ZmqPeerTransport, ZmqTransportListener
 

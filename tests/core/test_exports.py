@@ -26,6 +26,7 @@ EXPECTED = {
     "ChannelClosed", "KeyFileError", "ConfigError", "TransportError", "TransportClosed",
     "QueueFull", "TransportSecurityError", "NotDone", "Disconnected", "ResponseTimeout",
     "ClientClosed", "StateStoreError",
+    "HandshakeFailed", "PeerGone", "SecurityCause",
 }
 
 
@@ -50,6 +51,10 @@ def test_errors_follow_the_documented_tree() -> None:
     assert issubclass(e.TransportClosed, e.TransportError)
     assert issubclass(e.AuthenticationFailed, e.SessionFailed)
     assert issubclass(e.ConfigError, ValueError)
+    assert issubclass(e.HandshakeFailed, e.TransportSecurityError)
+    assert issubclass(e.PeerGone, e.QueueFull)
+    assert issubclass(e.PeerGone, e.TransportClosed)
+    assert e.SecurityCause.REFUSED == "refused"  # the strings of earlier versions still match
     # The tree is drawn in the errors module docstring: every class appears in it.
     import rain_envelopes.errors as errors_module
 
