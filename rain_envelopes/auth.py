@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +99,7 @@ class ServerAuthenticator:
         return tuple(out)
 
     def new_challenge(self) -> bytes:
-        return os.urandom(CHALLENGE_SIZE)
+        return secrets.token_bytes(CHALLENGE_SIZE)
 
     def authenticate(
         self,

@@ -96,7 +96,13 @@ from .errors import (
 from .keys import Identity
 from .node import Node
 from .peerlog import PeerLog
-from .protocol import ClientProtocol, NodeRegistry, ServerProtocol, _Protocol
+from .protocol import (
+    DEFAULT_COMPRESSION_OPTIONS,
+    ClientProtocol,
+    NodeRegistry,
+    ServerProtocol,
+    _Protocol,
+)
 from .transport import ClientSecurity, Transport, transport_factory
 
 __all__ = [
@@ -804,7 +810,7 @@ class ServerChannel(Channel):
             node=node,
             authenticator=authenticator,
             peer_identity=transport.peer_identity,
-            compression_options=compression_options or transport.compression_options,
+            compression_options=compression_options or DEFAULT_COMPRESSION_OPTIONS,
             encryption=transport.encryption,
             registry=registry,
         )

@@ -49,7 +49,7 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-import os
+import secrets
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,10 +77,24 @@ from .errors import EnvelopeDecodeError, RemoteProtocolError
 from .node import Node
 from .session import PROPOSAL_KEY, Phase, Role, SessionMachine
 
-__all__ = ["ANONYMOUS_IDENTITY", "ClientProtocol", "NodeRegistry", "Proposal", "ServerProtocol"]
+__all__ = [
+    "ANONYMOUS_IDENTITY",
+    "DEFAULT_COMPRESSION_OPTIONS",
+    "ClientProtocol",
+    "NodeRegistry",
+    "Proposal",
+    "ServerProtocol",
+]
 
 #: The identity of a session on a server that authenticates nobody (embedding, tests only).
 ANONYMOUS_IDENTITY = "anonymous"
+
+#: The compressions a server offers unless told otherwise. A session setting, not a fact of the
+#: link: the protocol compresses, so every transport carries every compression.
+DEFAULT_COMPRESSION_OPTIONS: tuple[SessionCompression, ...] = (
+    SessionCompression.NONE,
+    SessionCompression.GZIP,
+)
 
 _S = SessionState
 _GZIP_WBITS = 31  # zlib with a gzip header and trailer
@@ -184,7 +198,7 @@ class NodeRegistry:
     def __init__(self) -> None:
         self._nodes: set[Node] = set()
         self._counter = itertools.count(1)
-        self._prefix = os.urandom(3).hex()
+        self._prefix = secrets.token_hex(3)
 
     def register(self, node: Node) -> Node:
         """Register ``node`` (filling a missing instance). Raises RemoteProtocolError (12)."""
@@ -366,9 +380,7 @@ class ServerProtocol(_Protocol):
         node: Node | str,
         authenticator: ServerAuthenticator | None,
         peer_identity: str | None = None,
-        compression_options: tuple[SessionCompression, ...] = (
-            SessionCompression.NONE, SessionCompression.GZIP,
-        ),
+        compression_options: tuple[SessionCompression, ...] = DEFAULT_COMPRESSION_OPTIONS,
         encryption: SessionEncryption = SessionEncryption.NONE,
         registry: NodeRegistry | None = None,
         max_envelope_size: int = MAX_ENVELOPE_SIZE,
@@ -383,7 +395,7 @@ class ServerProtocol(_Protocol):
         self.encryption_options = (encryption,)
         self.encryption = encryption
         self.registry = registry
-        self._session_id = session_id or base64.b32encode(os.urandom(10)).decode().lower()
+        self._session_id = session_id or base64.b32encode(secrets.token_bytes(10)).decode().lower()
         self._offered_schemes: tuple[AuthenticationScheme, ...] = ()
         self._challenge: bytes | None = None
         #: The client's proposal, until the stage that uses it.

@@ -34,7 +34,8 @@ from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from typing import TypeVar
 
 from .errors import QueueFull, TransportClosed
-from .transport import Transport, memory_transport_pair
+from .memory import memory_transport_pair
+from .transport import Transport
 
 __all__ = ["TransportConformance", "memory_transport_pair"]
 

@@ -7,7 +7,7 @@ proven peer key, the address, the encryption and the compressions on offer.
 
 from __future__ import annotations
 
-from rain_envelopes.envelopes import SessionCompression, SessionEncryption
+from rain_envelopes.envelopes import SessionEncryption
 from rain_envelopes.transport import Transport
 
 
@@ -28,10 +28,6 @@ class PassThroughTransport(Transport):
     @property  # type: ignore[override]
     def encryption(self) -> SessionEncryption:
         return self.inner.encryption
-
-    @property  # type: ignore[override]
-    def compression_options(self) -> tuple[SessionCompression, ...]:
-        return self.inner.compression_options
 
     async def open(self) -> None:
         await self.inner.open()

@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 import pytest
 
 from rain_envelopes.errors import ConfigError, QueueFull, TransportClosed, TransportError
-from rain_envelopes.testing import TransportConformance, memory_transport_pair
+from rain_envelopes.memory import MEMORY, memory_transport_pair
+from rain_envelopes.testing import TransportConformance
 from rain_envelopes.transport import Transport, transport_factory
 
 _names = itertools.count()
@@ -126,3 +127,36 @@ async def test_closing_the_listener_ends_accept_and_every_link() -> None:
         with pytest.raises(TransportClosed):
             await listener.accept()
         assert [transport async for transport in listener] == []
+
+
+def test_the_memory_transport_is_registered_by_its_own_module() -> None:
+    # The entry point and the built-in lookup name the one factory in rain_envelopes.memory.
+    from importlib.metadata import entry_points
+
+    (entry,) = entry_points(group="rain_envelopes.transports", name="memory")
+    assert entry.value == "rain_envelopes.memory:MEMORY"
+    assert entry.load() is MEMORY
+    assert transport_factory("memory://x") is MEMORY
+
+
+def test_the_old_import_path_still_works() -> None:
+    # Code written when the memory transport shared transport.py keeps importing it from there.
+    import rain_envelopes.memory as memory
+    import rain_envelopes.transport as transport
+
+    for name in ("MEMORY", "MemoryTransport", "MemoryTransportListener", "memory_transport_pair"):
+        assert getattr(transport, name) is getattr(memory, name), name
+    with pytest.raises(AttributeError):
+        _ = transport.no_such_name  # type: ignore[attr-defined]
+
+
+async def test_a_memory_link_states_only_the_link_facts() -> None:
+    # The contract's three facts: no key proven, nothing encrypted, no address. Session
+    # settings (which compressions to offer) are no longer a transport's to declare.
+    client, server = memory_transport_pair()
+    for end in (client, server):
+        assert end.peer_identity is None
+        assert end.peer_address is None
+        assert end.encryption == "none"
+        assert not hasattr(end, "compression_options")
+    await client.close()
