@@ -238,8 +238,10 @@ async def _start_raw_server(
     router.setsockopt(zmq.CURVE_SERVER, 1)
     router.setsockopt(zmq.CURVE_PUBLICKEY, public)
     router.setsockopt(zmq.CURVE_SECRETKEY, secret)
-    router.setsockopt(zmq.RCVHWM, 1000)
-    router.setsockopt(zmq.SNDHWM, 1000)
+    # Far above any window: a ROUTER drops a reply silently at its send HWM, and at 1,024 in
+    # flight a limit of 1,000 lost one now and then, leaving its request waiting forever.
+    router.setsockopt(zmq.RCVHWM, 100_000)
+    router.setsockopt(zmq.SNDHWM, 100_000)
     router.bind("tcp://127.0.0.1:0")
     endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
     fd = router.getsockopt(zmq.FD)

@@ -9,8 +9,9 @@ Everything a user needs is importable from here::
 
 Layers (each enforced by a test): the protocol core (``envelopes``, ``node``, ``codec``,
 ``session``, ``protocol``, ``auth``, ``keys``) does no I/O and imports neither asyncio nor zmq;
-``transport`` and ``channel`` are the asyncio shell; this package never imports zmq: the ZeroMQ
-transport is found through the ``rain_envelopes.transports`` entry-point group.
+key files are read and written by ``keyfiles``; ``transport`` (the contract), ``memory`` and
+``channel`` are the asyncio shell; this package never imports zmq: the ZeroMQ transport is found
+through the ``rain_envelopes.transports`` entry-point group.
 """
 
 from .auth import ClientCredentials, ServerAuthenticator

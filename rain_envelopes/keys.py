@@ -1,19 +1,19 @@
-"""Ed25519 node identities, the files that hold them, and the ``keypair`` session proof.
+"""Ed25519 node identities, the authorised-keys and known-hosts tables, and the ``keypair`` proof.
 
 Every node has one Ed25519 keypair. The ZeroMQ transport derives its CURVE keys from it (pynacl
-converts Ed25519 keys to Curve25519), so a node keeps a single key file. This module reads and
-writes four kinds of file:
+converts Ed25519 keys to Curve25519), so a node keeps a single key file. This module is the key
+*math* and the tables *in memory*: parsing and formatting keys, curve conversion, signing and
+verifying the ``keypair`` transcript, and the lookups a server makes on every session. It does
+no I/O, like the rest of the protocol core (tests/core/test_layering.py enforces it); the files
+that hold keys are read and written by :mod:`rain_envelopes.keyfiles`.
 
-- the **secret key file**: a comment saying what it is, then ``ed25519-secret: <base64 seed>``;
-- the **public key file** (``<secret file>.pub``): ``ed25519:<base64 key>``, safe to share;
-- the **authorised-keys file** of a server: ``<public key> <identity name>`` per line;
-- the **known-hosts file** of a client: ``<endpoint> <public key>`` per line.
+The file methods users know -- ``Identity.load``/``save``, ``AuthorizedKeys.load``/``reload``/
+``save``, ``KnownHosts.load``/``save`` and :func:`load_public_key` -- stay here for
+compatibility, each a one-line hand-over to :mod:`rain_envelopes.keyfiles`, imported when one is
+called. They are the only way out of the core, and nothing in the protocol path calls them.
 
 Invariants:
 
-- A secret key file is created with mode 0600 in the same system call that creates it (never
-  written and then chmod-ed), and a secret key file that group or others may read or write is
-  refused on load (trap 12 in RELIABILITY.md: other tools write keys world-readable).
 - Nothing secret appears in a ``repr`` or ``str`` or in an error message.
 - A peer's identity is what it *proved*: the name an :class:`AuthorizedKeys` table gives the key
   that signed a challenge (or that the transport authenticated), never a name the peer claimed.
@@ -24,23 +24,19 @@ Invariants:
   bit of its last byte flipped) are both valid keys with the same Curve25519 form, and the CURVE
   handshake proves only that form (trap 13 in RELIABILITY.md). An :class:`AuthorizedKeys` table
   therefore refuses two entries with one Curve25519 form, whatever their names (issue 7).
-- An authorised-keys file that group or others may write is refused on load and reload: whoever
-  can write it decides who gets in (issue 7).
+- A table is swapped whole when it changes, so a lookup in another thread (a ZAP handler) sees
+  the old table or the new one, never a mix.
 
-Every failure to read, parse or write one of these files raises :class:`KeyFileError`, naming the
-file (and the line, for table files) and what to do about it.
+Bad keys, names and endpoints raise :class:`KeyFileError` naming what is wrong.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import os
-import secrets
-import stat
 import struct
-from collections.abc import ItemsView, Iterable, Mapping
-from pathlib import Path
+from collections.abc import ItemsView, Mapping
+from typing import TYPE_CHECKING, TypeAlias
 
 import nacl.bindings
 import nacl.exceptions
@@ -48,6 +44,12 @@ import nacl.signing
 
 from .errors import EnvelopeValidationError, KeyFileError
 from .node import Node
+
+if TYPE_CHECKING:
+    import os
+    from pathlib import Path
+
+    PathArg: TypeAlias = str | os.PathLike[str]
 
 __all__ = [
     "KEYPAIR_TRANSCRIPT_VERSION",
@@ -66,17 +68,8 @@ __all__ = [
 KEYPAIR_TRANSCRIPT_VERSION = b"RAIN-keypair-v1"
 
 _KEY_PREFIX = "ed25519:"
-_SECRET_LABEL = "ed25519-secret:"
 _KEY_SIZE = 32
 _SIGNATURE_SIZE = 64
-# Key files are a few lines; tables are a few thousand. Anything far larger is not ours.
-_MAX_KEY_FILE = 64 * 1024
-_MAX_TABLE_FILE = 16 * 1024 * 1024
-_UNSAFE_BITS = stat.S_IRWXG | stat.S_IRWXO
-# Public keys may be read by anyone; only writing a table of who may connect is a privilege.
-_TABLE_UNSAFE_BITS = stat.S_IWGRP | stat.S_IWOTH
-
-PathArg = str | os.PathLike[str]
 
 
 # ------------------------------------------------------------------------------ public keys
@@ -165,25 +158,13 @@ def curve_public_key(ed25519_public: bytes) -> bytes:
 
 
 def load_public_key(path: PathArg) -> bytes:
-    """Read a public key file: the first token of its first line that is not blank or a comment.
+    """Read a public key file (see :func:`rain_envelopes.keyfiles.load_public_key`).
 
     Raises KeyFileError when the file is missing or unreadable or holds no valid public key.
     """
-    file = Path(path)
-    for number, line in enumerate(_read_text(file, "public key file", _MAX_KEY_FILE), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.startswith(_SECRET_LABEL):
-            raise KeyFileError(
-                f"{file}:{number}: this is a secret key file, not a public one; keep it private"
-                " and give out the matching .pub file instead"
-            )
-        try:
-            return parse_public_key(stripped.split()[0])
-        except KeyFileError as exc:
-            raise KeyFileError(f"{file}:{number}: {exc}") from None
-    raise KeyFileError(f"{file}: no public key in the file (expected a line 'ed25519:<base64>')")
+    from . import keyfiles
+
+    return keyfiles.load_public_key(path)
 
 
 # ------------------------------------------------------------------------------ identities
@@ -210,68 +191,26 @@ class Identity:
 
     @classmethod
     def load(cls, path: PathArg) -> Identity:
-        """Read a secret key file written by :meth:`save`.
+        """Read a secret key file (:func:`rain_envelopes.keyfiles.load_identity`).
 
         Raises KeyFileError when the file is missing, unreadable or malformed (naming the line),
         or when its permissions let group or others read or write it (naming the mode and the
         ``chmod 600`` that fixes it).
         """
-        file = Path(path)
-        text = _read_secret_text(file)
-        seed: bytes | None = None
-        for number, line in enumerate(text.splitlines(), 1):
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            if not stripped.startswith(_SECRET_LABEL):
-                raise KeyFileError(
-                    f"{file}:{number}: expected '{_SECRET_LABEL} <base64>' (is this a RAIN secret"
-                    " key file?)"
-                )
-            if seed is not None:
-                raise KeyFileError(f"{file}:{number}: a second secret key; a file holds one key")
-            value = stripped[len(_SECRET_LABEL) :].strip()
-            try:
-                seed = base64.b64decode(value.encode("ascii"), validate=True)
-            except (UnicodeEncodeError, binascii.Error):
-                # The message must not echo the value: it is (nearly) the secret.
-                raise KeyFileError(f"{file}:{number}: the secret key is not valid base64") from None
-            if len(seed) != _KEY_SIZE:
-                raise KeyFileError(
-                    f"{file}:{number}: the secret key decodes to {len(seed)} bytes,"
-                    f" expected {_KEY_SIZE}"
-                )
-        if seed is None:
-            raise KeyFileError(f"{file}: no '{_SECRET_LABEL}' line; not a RAIN secret key file")
-        return cls(nacl.signing.SigningKey(seed))
+        from . import keyfiles
+
+        return keyfiles.load_identity(path)
 
     def save(self, path: PathArg, *, overwrite: bool = False) -> None:
-        """Write the secret key file ``path`` (mode 0600) and the public key file ``path.pub``.
+        """Write the secret key file ``path`` (mode 0600) and the public key file ``path.pub``
+        (:func:`rain_envelopes.keyfiles.save_identity`).
 
-        Each file is written to a temporary name in the same folder and renamed into place, so a
-        crash never leaves a half-written key under either name; the secret is created 0600 by
-        the same ``open`` that creates it. Raises KeyFileError when either file already exists
-        and ``overwrite`` is false (nothing is written then), or when a file cannot be written.
+        Raises KeyFileError when either file already exists and ``overwrite`` is false (nothing
+        is written then), or when a file cannot be written.
         """
-        secret_file = Path(path)
-        public_file = Path(f"{secret_file}.pub")
-        if not overwrite:
-            for existing in (secret_file, public_file):
-                if os.path.lexists(existing):
-                    raise KeyFileError(
-                        f"refusing to overwrite existing key file {existing}; delete it first or"
-                        " pass overwrite=True"
-                    )
-        seed = base64.b64encode(self.signing_key.encode()).decode("ascii")
-        secret_text = (
-            "# RAIN Ed25519 secret key: this file IS the node's identity.\n"
-            "# Keep it private (mode 0600); anyone who can read it can act as this node.\n"
-            f"# public key: {self.public_key_text}\n"
-            f"{_SECRET_LABEL} {seed}\n"
-        )
-        public_text = f"{self.public_key_text} RAIN node public key (safe to share)\n"
-        _write_file(secret_file, secret_text, 0o600, overwrite=overwrite)
-        _write_file(public_file, public_text, 0o644, overwrite=overwrite)
+        from . import keyfiles
+
+        keyfiles.save_identity(self, path, overwrite=overwrite)
 
     @property
     def public_key(self) -> bytes:
@@ -412,7 +351,8 @@ class AuthorizedKeys:
     ) -> None:
         """Raises KeyFileError when a key is not a valid Ed25519 key, a name is not valid, or
         two keys have the same Curve25519 form (a key and its mirror)."""
-        self.path: Path | None = Path(path) if path is not None else None
+        #: The file the table was loaded from (set by :meth:`load`), where :meth:`save` writes.
+        self.path: Path | None = path
         self.version = 0
         table: dict[bytes, str] = {}
         for key, name in (entries or {}).items():
@@ -420,21 +360,35 @@ class AuthorizedKeys:
         self._tables = _with_curve(table)
 
     @classmethod
-    def _from_file(cls, file: Path) -> AuthorizedKeys:
-        keys = cls(path=file)
-        keys._tables = _with_curve(*_parse_authorized(file))
+    def _from_table(
+        cls, table: dict[bytes, str], *, path: Path | None, lines: Mapping[bytes, str]
+    ) -> AuthorizedKeys:
+        """A table of entries already checked one by one (by the key-files parser), now checked
+        as a whole; ``lines`` names where each key came from, for the error."""
+        keys = cls(path=path)
+        keys._tables = _with_curve(table, lines)
         return keys
+
+    def _replace(self, table: dict[bytes, str], lines: Mapping[bytes, str]) -> set[bytes]:
+        """Swap in new entries whole (see :meth:`reload`); return the keys that lost their name."""
+        tables = _with_curve(table, lines)
+        revoked = {key for key, name in self._tables[0].items() if tables[0].get(key) != name}
+        self._tables = tables
+        self.version += 1
+        return revoked
 
     @classmethod
     def load(cls, path: PathArg) -> AuthorizedKeys:
-        """Read an authorised-keys file.
+        """Read an authorised-keys file (:func:`rain_envelopes.keyfiles.load_authorized_keys`).
 
         Raises KeyFileError naming the file and line for a bad line or a duplicate key, naming
         both lines for two keys with one Curve25519 form (a key and its mirror), or when the file
         is missing, unreadable, or writable by group or others (naming the ``chmod`` that fixes
         it).
         """
-        return cls._from_file(Path(path))
+        from . import keyfiles
+
+        return keyfiles.load_authorized_keys(path)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str | bytes, str]) -> AuthorizedKeys:
@@ -478,17 +432,11 @@ class AuthorizedKeys:
         should close them (libzmq checks keys only once per connection; RELIABILITY.md trap 3).
         Raises KeyFileError when there is no path or the file is bad (as for :meth:`load`: a
         bad line, two keys with one Curve25519 form, a mode that lets group or others write it);
-        the old entries stay then.
+        the old entries stay then. (:func:`rain_envelopes.keyfiles.reload_authorized_keys`.)
         """
-        if self.path is None:
-            raise KeyFileError("this authorised-keys table was not loaded from a file")
-        tables = _with_curve(*_parse_authorized(self.path))
-        table = tables[0]
-        old = self._tables[0]
-        revoked = {key for key, name in old.items() if table.get(key) != name}
-        self._tables = tables
-        self.version += 1
-        return revoked
+        from . import keyfiles
+
+        return keyfiles.reload_authorized_keys(self)
 
     def add(self, public_key: bytes, name: str) -> None:
         """Authorise ``public_key`` as ``name`` (in memory; :meth:`save` writes it).
@@ -512,19 +460,16 @@ class AuthorizedKeys:
         self.version += 1
 
     def save(self, path: PathArg | None = None) -> None:
-        """Write the table to ``path`` (default: :attr:`path`), replacing the file atomically.
+        """Write the table to ``path`` (default: :attr:`path`), replacing the file atomically
+        (:func:`rain_envelopes.keyfiles.save_authorized_keys`).
 
         An existing file keeps its permission bits, less write access for group and others
         (which :meth:`load` would refuse). Raises KeyFileError when there is no path or the file
         cannot be written.
         """
-        target = Path(path) if path is not None else self.path
-        if target is None:
-            raise KeyFileError("no path to save the authorised keys to")
-        lines = ["# RAIN authorised keys: <public key> <identity name>"]
-        lines += [f"{format_public_key(key)} {name}" for key, name in self._tables[0].items()]
-        mode = _existing_mode(target, 0o644) & ~_TABLE_UNSAFE_BITS
-        _write_file(target, "\n".join(lines) + "\n", mode, overwrite=True)
+        from . import keyfiles
+
+        keyfiles.save_authorized_keys(self, path)
 
     def items(self) -> ItemsView[bytes, str]:
         """A snapshot of ``(Ed25519 key, identity name)`` pairs."""
@@ -558,7 +503,8 @@ class KnownHosts:
         self, entries: Mapping[str, bytes] | None = None, path: Path | None = None
     ) -> None:
         """Raises KeyFileError for an invalid endpoint or key."""
-        self.path: Path | None = Path(path) if path is not None else None
+        #: The file the pins were loaded from (set by :meth:`load`), where :meth:`save` writes.
+        self.path: Path | None = path
         self._hosts: dict[str, bytes] = {}
         for endpoint, key in (entries or {}).items():
             name = _checked_endpoint(endpoint, "known host")
@@ -566,28 +512,14 @@ class KnownHosts:
 
     @classmethod
     def load(cls, path: PathArg) -> KnownHosts:
-        """Read a known-hosts file.
+        """Read a known-hosts file (:func:`rain_envelopes.keyfiles.load_known_hosts`).
 
         Raises KeyFileError naming the file and line for a bad line or an endpoint listed twice,
         or when the file is missing or unreadable.
         """
-        file = Path(path)
-        hosts: dict[str, bytes] = {}
-        first_seen: dict[str, int] = {}
-        for number, first, second in _table_lines(file, "known-hosts file"):
-            where = f"{file}:{number}"
-            endpoint = _checked_endpoint(first, where)
-            try:
-                key = parse_public_key(second)
-            except KeyFileError as exc:
-                raise KeyFileError(f"{where}: {exc}") from None
-            if endpoint in hosts:
-                raise KeyFileError(
-                    f"{where}: {endpoint} is already pinned on line {first_seen[endpoint]}"
-                )
-            hosts[endpoint] = key
-            first_seen[endpoint] = number
-        return cls(hosts, path=file)
+        from . import keyfiles
+
+        return keyfiles.load_known_hosts(path)
 
     def lookup(self, endpoint: str) -> bytes | None:
         """The pinned Ed25519 key for ``endpoint``, or None. Never raises."""
@@ -613,16 +545,14 @@ class KnownHosts:
         self._hosts[name] = raw
 
     def save(self, path: PathArg | None = None) -> None:
-        """Write the pins to ``path`` (default: :attr:`path`), replacing the file atomically.
+        """Write the pins to ``path`` (default: :attr:`path`), replacing the file atomically
+        (:func:`rain_envelopes.keyfiles.save_known_hosts`).
 
         Raises KeyFileError when there is no path or the file cannot be written.
         """
-        target = Path(path) if path is not None else self.path
-        if target is None:
-            raise KeyFileError("no path to save the known hosts to")
-        lines = ["# RAIN known hosts: <endpoint> <server public key>"]
-        lines += [f"{endpoint} {format_public_key(key)}" for endpoint, key in self._hosts.items()]
-        _write_file(target, "\n".join(lines) + "\n", _existing_mode(target, 0o644), overwrite=True)
+        from . import keyfiles
+
+        keyfiles.save_known_hosts(self, path)
 
     def items(self) -> ItemsView[str, bytes]:
         """A snapshot of ``(endpoint, Ed25519 key)`` pairs."""
@@ -694,189 +624,3 @@ def _checked_endpoint(endpoint: object, where: str) -> str:
     if not name or any(ch.isspace() for ch in name) or name.startswith("#"):
         raise KeyFileError(f"{where}: {endpoint!r} is not an endpoint such as tcp://host:4505")
     return name
-
-
-def _parse_authorized(file: Path) -> tuple[dict[bytes, str], dict[bytes, str]]:
-    """``(key -> name, key -> "file:line")``; KeyFileError naming the line for a bad one."""
-    table: dict[bytes, str] = {}
-    first_seen: dict[bytes, int] = {}
-    for number, first, second in _table_lines(
-        file, "authorised-keys file", refuse_bits=_TABLE_UNSAFE_BITS
-    ):
-        where = f"{file}:{number}"
-        try:
-            key = parse_public_key(first)
-        except KeyFileError as exc:
-            raise KeyFileError(f"{where}: {exc}") from None
-        name = _checked_name(second, where)
-        if key in table:
-            raise KeyFileError(
-                f"{where}: key {format_public_key(key)} is already listed on line {first_seen[key]}"
-            )
-        table[key] = name
-        first_seen[key] = number
-    return table, {key: f"{file}:{number}" for key, number in first_seen.items()}
-
-
-def _table_lines(file: Path, what: str, *, refuse_bits: int = 0) -> Iterable[tuple[int, str, str]]:
-    """``(line number, first field, second field)`` for each entry of a two-column table file.
-
-    Raises KeyFileError naming the line when it does not have exactly two fields (a trailing
-    ``# comment`` is allowed), or naming the mode when it has any of ``refuse_bits``.
-    """
-    lines = _read_text(file, what, _MAX_TABLE_FILE, refuse_bits=refuse_bits)
-    for number, line in enumerate(lines, 1):
-        fields = line.split(None, 2)
-        if not fields or fields[0].startswith("#"):
-            continue
-        where = f"{file}:{number}"
-        if len(fields) < 2 or (len(fields) == 3 and not fields[2].startswith("#")):
-            raise KeyFileError(f"{where}: expected two fields, got {line.strip()!r}")
-        yield number, fields[0], fields[1]
-
-
-def _read_text(file: Path, what: str, limit: int, *, refuse_bits: int = 0) -> list[str]:
-    """The lines of a UTF-8 file; KeyFileError saying what is wrong with it otherwise.
-
-    A file whose mode has any of ``refuse_bits`` is refused; the mode is read from the opened
-    file (``fstat``), so the file checked is the file read.
-    """
-    try:
-        with open(file, "rb") as handle:
-            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
-            if mode & refuse_bits:
-                raise KeyFileError(
-                    f"{what} {file} has mode {mode:04o}: {_who_may(mode & refuse_bits)} may"
-                    " change it, and so decide who may connect. Remove their write access"
-                    f" with `chmod go-w {file}`"
-                )
-            data = handle.read(limit + 1)
-    except FileNotFoundError:
-        raise KeyFileError(f"{what} {file} does not exist") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot read {what} {file}: {exc.strerror or exc}") from None
-    return _decode(data, file, what, limit).splitlines()
-
-
-def _read_secret_text(file: Path) -> str:
-    """Read a secret key file, refusing it if its permissions expose it.
-
-    The mode is checked on the opened descriptor (``fstat``), not the name, so the file checked
-    is the file read.
-    """
-    # O_NONBLOCK so that a FIFO planted at the path cannot hang us before the type check.
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(file, flags)
-    except FileNotFoundError:
-        raise KeyFileError(
-            f"secret key file {file} does not exist; create one with `rain keygen`"
-        ) from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot read secret key file {file}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFileError(f"secret key file {file} is not a regular file")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & _UNSAFE_BITS:
-            raise KeyFileError(
-                f"secret key file {file} has mode {mode:04o}: {_who_may(mode)} may use it."
-                f" Restrict it to its owner with `chmod 600 {file}`"
-            )
-        chunks: list[bytes] = []
-        size = 0
-        while size <= _MAX_KEY_FILE:
-            chunk = os.read(fd, _MAX_KEY_FILE + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        data = b"".join(chunks)
-    except OSError as exc:
-        raise KeyFileError(f"cannot read secret key file {file}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    return _decode(data, file, "secret key file", _MAX_KEY_FILE)
-
-
-def _who_may(mode: int) -> str:
-    parts = []
-    for who, read, write, execute in (
-        ("group", stat.S_IRGRP, stat.S_IWGRP, stat.S_IXGRP),
-        ("others", stat.S_IROTH, stat.S_IWOTH, stat.S_IXOTH),
-    ):
-        rights = [
-            verb for bit, verb in ((read, "read"), (write, "write"), (execute, "run")) if mode & bit
-        ]
-        if rights:
-            parts.append(f"{who} ({'/'.join(rights)})")
-    return " and ".join(parts)
-
-
-def _decode(data: bytes, file: Path, what: str, limit: int) -> str:
-    if len(data) > limit:
-        raise KeyFileError(f"{what} {file} is larger than {limit} bytes; is it the right file?")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise KeyFileError(f"{what} {file} is not UTF-8 text (byte {exc.start})") from None
-
-
-def _existing_mode(file: Path, default: int) -> int:
-    try:
-        return stat.S_IMODE(os.stat(file).st_mode)
-    except OSError:
-        return default
-
-
-def _write_file(file: Path, text: str, mode: int, *, overwrite: bool) -> None:
-    """Write ``text`` to a new file with ``mode`` from creation, then move it to ``file``.
-
-    The temporary file is created with O_EXCL and ``mode`` (so a secret is never readable by
-    others, not even for an instant), synced, then renamed over ``file`` (``overwrite``) or
-    hard-linked to it, which fails if ``file`` exists. Raises KeyFileError.
-    """
-    temp = file.with_name(f".{file.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        _create_exclusive(temp, text, mode)
-        try:
-            if overwrite:
-                os.replace(temp, file)
-            else:
-                _link_new(temp, file, mode, text)
-        finally:
-            temp.unlink(missing_ok=True)
-    except FileExistsError:
-        raise KeyFileError(
-            f"refusing to overwrite existing key file {file}; delete it first or pass"
-            " overwrite=True"
-        ) from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot write {file}: {exc.strerror or exc}") from None
-
-
-def _create_exclusive(file: Path, text: str, mode: int) -> None:
-    """Create ``file`` (never an existing one) with ``mode`` from the start, write, sync."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(file, flags, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        file.unlink(missing_ok=True)
-        raise
-
-
-def _link_new(temp: Path, file: Path, mode: int, text: str) -> None:
-    """Give ``temp`` the name ``file`` only if nothing has that name (atomic no-clobber)."""
-    try:
-        os.link(temp, file)
-    except FileExistsError:
-        raise
-    except OSError:
-        # Some filesystems have no hard links: fall back to creating the file in place, still
-        # exclusively and with its mode from the start.
-        _create_exclusive(file, text, mode)

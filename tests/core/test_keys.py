@@ -911,3 +911,21 @@ def test_authorised_names_must_be_node_identities(tmp_path: Path, name: str) -> 
     path.write_text(f"# header\n{key} {name}\n")
     with pytest.raises(KeyFileError, match=r"authorized_keys:2: identity name"):
         AuthorizedKeys.load(path)
+
+
+def test_key_files_live_apart_from_key_math(tmp_path: Path) -> None:
+    # The methods users know hand over to rain_envelopes.keyfiles; both spellings agree.
+    from rain_envelopes import keyfiles
+
+    identity = Identity.generate()
+    keyfiles.save_identity(identity, tmp_path / "node.key")
+    assert Identity.load(tmp_path / "node.key").public_key == identity.public_key
+    assert keyfiles.load_public_key(tmp_path / "node.key.pub") == identity.public_key
+    table = AuthorizedKeys({identity.public_key: "alice@irf"})
+    table.save(tmp_path / "authorized_keys")
+    loaded = keyfiles.load_authorized_keys(tmp_path / "authorized_keys")
+    assert loaded.lookup(identity.public_key) == "alice@irf"
+    assert loaded.path == tmp_path / "authorized_keys"
+    (tmp_path / "authorized_keys").write_text("")
+    assert keyfiles.reload_authorized_keys(loaded) == {identity.public_key}
+    assert loaded.version == 1
