@@ -413,16 +413,15 @@ ROLES: dict[str, Callable[..., Role]] = {
 }
 
 
-def _child_main(role: str, arguments: tuple[Any, ...], conn: Connection,
-                profile: str | None) -> None:
+def _child_main(role: str, arguments: tuple[Any, ...], conn: Connection) -> None:
     logging.basicConfig(level=logging.ERROR)
     try:
-        asyncio.run(_child(ROLES[role](*arguments), conn, profile))
+        asyncio.run(_child(ROLES[role](*arguments), conn))
     finally:
         conn.close()
 
 
-async def _child(role: Role, conn: Connection, profile: str | None) -> None:
+async def _child(role: Role, conn: Connection) -> None:
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -453,7 +452,7 @@ async def _child(role: Role, conn: Connection, profile: str | None) -> None:
                 profiler.start()
                 reply = None
             elif verb == "profile-off":
-                if profiler is not None and profile is not None:
+                if profiler is not None:
                     profiler.stop()
                     text = profiler.output_text(unicode=False, color=False)
                     await asyncio.to_thread(Path(argument).write_text, text)
@@ -471,12 +470,11 @@ async def _child(role: Role, conn: Connection, profile: str | None) -> None:
 class Child:
     """One role in a spawned child process, steered through a pipe."""
 
-    def __init__(self, role: str, *arguments: Any, profile: Path | None = None) -> None:
+    def __init__(self, role: str, *arguments: Any) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child_conn = context.Pipe()
         self.process = context.Process(
-            target=_child_main, args=(role, arguments, child_conn,
-                                      str(profile) if profile else None),
+            target=_child_main, args=(role, arguments, child_conn),
             name=f"bench-{role}", daemon=True,
         )
         self.process.start()
