@@ -7,6 +7,14 @@ answered here and never reaches the application; other commands go to ``on_comma
 to ``on_message``, notifications to ``on_notification``. Callbacks may be plain functions or
 coroutine functions; their exceptions are logged, never fatal to the channel.
 
+The command handler contract. ``on_command(command)`` returns the response (a Command, sent
+as is), None (no answer), or an awaitable of either; or it raises. A
+:class:`~rain_envelopes.errors.CommandRefused`, raised at once or by the awaitable, is
+answered with ``command.failure(refusal.reason)``; anything else is logged with its traceback
+and answered with ``handler_fault`` (101 "the handler failed" unless the owner chose another);
+an error from this channel's own link after the session ended is not answered at all. These
+mappings are made in one place (``_refusal``), so a handler never builds a failure for an error.
+
 A peer's requests cost tasks only within a bound: while ``max_requests_in_progress`` requests
 of this channel have an ``on_command`` answer in the works (the handler returned an awaitable
 that has not finished), every further request is refused at once, before the handler runs,
@@ -82,6 +90,7 @@ from .errors import (
     AuthenticationFailed,
     ChannelClosed,
     CommandFailed,
+    CommandRefused,
     CommandTimeout,
     EnvelopeDecodeError,
     EstablishTimeout,
@@ -180,6 +189,9 @@ class Channel:
         self.on_message: MessageHandler | None = None
         self.on_notification: NotificationHandler | None = None
         self.on_command: CommandHandler | None = None
+        #: The reason a request is answered with when its handler raises anything but
+        #: CommandRefused (the traceback goes to the log, never to the peer).
+        self.handler_fault = Reason(ReasonCode.APPLICATION_ERROR, "the handler failed")
         #: Requests the peer may have in the works at once (see the module docstring).
         self.max_requests_in_progress = max_requests_in_progress
         self._in_progress = 0
@@ -512,10 +524,8 @@ class Channel:
             return
         try:
             result = handler(command)
-        except Exception:
-            log.exception("%s: command handler failed for %s %s", self, command.method, command.uri)
-            self._reply(command.failure(ReasonCode.APPLICATION_ERROR, "the handler failed"))
-            return
+        except Exception as exc:
+            result = self._refusal(command, exc)
         if isinstance(result, Command):
             self._reply(result)
         elif inspect.isawaitable(result):
@@ -528,15 +538,27 @@ class Channel:
         try:
             try:
                 result = await pending
-            except Exception:
-                log.exception(
-                    "%s: command handler failed for %s %s", self, command.method, command.uri
-                )
-                result = command.failure(ReasonCode.APPLICATION_ERROR, "the handler failed")
+            except Exception as exc:
+                result = self._refusal(command, exc)
         finally:
             self._in_progress -= 1  # the answer exists (or never will): room for the next one
         if isinstance(result, Command):
             await self._send_quietly(result)
+
+    def _refusal(self, command: Command, error: Exception) -> Command | None:
+        """The answer to a request whose handler raised ``error``: the one place where a
+        handler's exception becomes a reply (see the module docstring)."""
+        if isinstance(error, CommandRefused):
+            return command.failure(error.reason)
+        if self.closed and isinstance(error, (ChannelClosed, LocalProtocolError, TransportError)):
+            log.debug("%s: %s %s ended with the session: %s", self, command.method, command.uri,
+                      error)
+            return None  # the session ended under the handler: nobody to answer
+        log.error(
+            "%s: command handler failed for %s %s", self, command.method, command.uri,
+            exc_info=error,
+        )
+        return command.failure(self.handler_fault)
 
     def _reply(self, envelope: Envelope) -> None:
         # Called from dispatch: queue now, the reader flushes after the batch.

@@ -14,6 +14,10 @@ library, so callers only ever need to catch what is drawn here::
     │   │   └── AuthenticationFailed   credentials refused (code 13)
     │   └── EstablishTimeout           (also TimeoutError) no established session in time
     ├── CommandFailed                  a command answered with status failure; carries the reason
+    ├── CommandRefused                 raised by a command handler: answer with this reason
+    │   └── ParameterError             (server) plugin code refuses a request with a code
+    │       ├── InvalidValue           the value is not acceptable (code 64)
+    │       └── NotAllowed             not allowed in the current state (code 66)
     ├── CommandTimeout                 (also TimeoutError) no response in time
     ├── ChannelClosed                  the channel ended while we were waiting on it
     ├── NotDone                        (client.Client) not carried out; repeating it is safe
@@ -23,6 +27,7 @@ library, so callers only ever need to catch what is drawn here::
     ├── KeyFileError                   a key file is missing, malformed or has unsafe permissions
     ├── ConfigError                    (also ValueError) a bad configuration value; names the key
     ├── StateStoreError                the server's state file cannot be used; names it and the fix
+    ├── PluginError                    (server) a plugin cannot be loaded; names file and line
     └── TransportError                 (also OSError) the link failed
         ├── TransportClosed            the link has ended; nothing more will be received
         ├── QueueFull                  the peer's queue is full; the frame was not sent
@@ -31,6 +36,10 @@ library, so callers only ever need to catch what is drawn here::
             └── HandshakeFailed        the secure handshake failed; ``cause`` says which way
 
 Invariant: the receive path (decode, protocol, channel dispatch) lets nothing but these escape.
+
+The four server errors live here, in the one tree, and are imported from
+``rain_envelopes.server`` (where plugin code finds them); their codes are written as numbers
+because this module is below ``envelopes`` (the server's tests pin them to ``ReasonCode``).
 
 Kinds are enums, not loose strings: a :class:`TransportSecurityError`'s ``cause`` is a
 :class:`SecurityCause` (a StrEnum, so it still compares equal to ``"refused"`` and the rest).
@@ -49,6 +58,7 @@ __all__ = [
     "ChannelClosed",
     "ClientClosed",
     "CommandFailed",
+    "CommandRefused",
     "CommandTimeout",
     "ConfigError",
     "Disconnected",
@@ -56,10 +66,14 @@ __all__ = [
     "EnvelopeValidationError",
     "EstablishTimeout",
     "HandshakeFailed",
+    "InvalidValue",
     "KeyFileError",
     "LocalProtocolError",
+    "NotAllowed",
     "NotDone",
+    "ParameterError",
     "PeerGone",
+    "PluginError",
     "ProtocolError",
     "QueueFull",
     "RainError",
@@ -157,6 +171,40 @@ class CommandFailed(RainError):
         self.response = response
 
 
+class CommandRefused(RainError):
+    """Raised by a command handler to refuse the request: the peer gets a ``failure`` with
+    ``reason``.
+
+    The one way a handler says no. A channel's ``on_command`` returns a response (or None for
+    no answer) or raises; the channel turns a CommandRefused, raised at once or by the
+    awaitable the handler returned, into ``command.failure(reason)`` in one place, and
+    anything else it raises into a logged internal error. Build it from a :class:`Reason`, or
+    from a description and a ``code`` (default: the class's ``code``, 61 processing error).
+    The description is sent to the peer as is: keep it short and free of secrets.
+    """
+
+    #: The reason code used when none is given (ReasonCode.COMMAND_PROCESSING_ERROR).
+    code: int = 61
+
+    def __init__(self, reason: Reason | str, *, code: int | None = None) -> None:
+        if isinstance(reason, str):
+            description: str | None = reason
+            if code is not None:
+                self.code = int(code)
+        else:
+            description = reason.description
+            self.code = reason.code
+        super().__init__(description or "")
+        self.description = description or ""
+
+    @property
+    def reason(self) -> Reason:
+        """The reason to answer with."""
+        from .envelopes import Reason  # here, not at the top: envelopes imports this module
+
+        return Reason(self.code, self.description)
+
+
 class CommandTimeout(RainError, TimeoutError):
     """No response to a command within its timeout."""
 
@@ -211,6 +259,45 @@ class StateStoreError(RainError):
     def __init__(self, message: str, *, path: object) -> None:
         super().__init__(message)
         self.path = path
+
+
+class ParameterError(CommandRefused):
+    """Raise from plugin code (a getter, setter or scan) to refuse a request with a reason code.
+
+    ``ParameterError(description, code=N)``; without ``code``, 61 (processing error). The
+    server answers the request with that code and description, and nothing else of the
+    request happens. The description is sent to the client as is, so keep it short and free
+    of secrets. Imported from ``rain_envelopes.server``.
+    """
+
+    def __init__(self, description: str, *, code: int | None = None) -> None:
+        super().__init__(description, code=code)
+
+
+class InvalidValue(ParameterError):
+    """The value is not acceptable (code 64, ReasonCode.COMMAND_INVALID_ARGUMENT)."""
+
+    code = 64
+
+
+class NotAllowed(ParameterError):
+    """The request is not allowed in the current state (code 66, ReasonCode.COMMAND_NOT_ALLOWED)."""
+
+    code = 66
+
+
+class PluginError(RainError):
+    """A plugin failed to import, or declared a parameter wrongly or twice; stops start-up.
+
+    ``path`` and ``line`` locate the culprit when known; they are also in the message.
+    Imported from ``rain_envelopes.server``.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        where = f"{path}:{line}: " if path and line else f"{path}: " if path else ""
+        super().__init__(where + message)
+        self.path = path
+        self.line = line
 
 
 class TransportError(RainError, OSError):

@@ -9,6 +9,9 @@ Public API::
     AccessPolicy, AccessRule
     ParameterError, InvalidValue, NotAllowed   raise from plugin code to answer with a code
     PluginError            a plugin cannot be loaded (names file and line)
+
+The errors are defined in :mod:`rain_envelopes.errors`, in RAIN's one error tree (a
+ParameterError is a :class:`~rain_envelopes.errors.CommandRefused`), and exported here.
     Sample, SAMPLE_TYPE, PARAMETER_TYPE, COLLECTION_TYPE
 
 Plugin authors need only ``Parameter``, ``parameter`` and the three ParameterError classes.

@@ -38,6 +38,7 @@ from rain_envelopes.errors import (
     AuthenticationFailed,
     ChannelClosed,
     CommandFailed,
+    CommandRefused,
     CommandTimeout,
     EnvelopeDecodeError,
     EstablishTimeout,
@@ -1139,3 +1140,65 @@ async def test_a_full_peer_queue_drops_one_frame_keeps_the_rest_and_the_session(
         assert (receipt.id, receipt.event) == ("m1", NotificationEvent.CONSUMED)
         assert not server.closed
         assert not client.closed
+
+
+# ------------------------------------------------------------------ the error boundary
+
+
+@pytest.mark.parametrize("mode", ["plain", "coroutine"])
+async def test_a_refusing_handler_is_answered_with_its_reason(mode: str) -> None:
+    async with channels() as (client, server):
+
+        def refuse(command: Command) -> Command:
+            if command.uri == "/by-reason":
+                raise CommandRefused(Reason(35, "not for you"))
+            raise CommandRefused("not now", code=66)
+
+        async def refuse_later(command: Command) -> Command:
+            await asyncio.sleep(0)
+            return refuse(command)
+
+        server.on_command = refuse if mode == "plain" else refuse_later
+        async with asyncio.timeout(STEP):
+            coded = await client.send_command(Command("get", "/by-code"))
+            reasoned = await client.send_command(Command("get", "/by-reason"))
+            # The channel goes on answering after a refusal.
+            server.on_command = echo_handler
+            echoed = await client.send_command(Command("get", "/after"))
+    assert coded.status is reasoned.status is CommandStatus.FAILURE
+    assert (coded.reason, reasoned.reason) == (Reason(66, "not now"), Reason(35, "not for you"))
+    assert echoed.status is CommandStatus.SUCCESS
+
+
+@pytest.mark.parametrize("mode", ["plain", "coroutine"])
+async def test_a_handler_fault_is_logged_and_answered_with_handler_fault(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with channels() as (client, server):
+
+        def broken(command: Command) -> Command:
+            raise RuntimeError("a bug in the handler")
+
+        async def broken_later(command: Command) -> Command:
+            await asyncio.sleep(0)
+            return broken(command)
+
+        server.on_command = broken if mode == "plain" else broken_later
+        async with asyncio.timeout(STEP):
+            default = await client.send_command(Command("get", "/x"))
+            server.handler_fault = Reason(1, "internal server error")
+            chosen = await client.send_command(Command("get", "/x"))
+    assert default.reason == Reason(101, "the handler failed")
+    assert chosen.reason == Reason(1, "internal server error")
+    logged = [r for r in caplog.records if "command handler failed" in r.getMessage()]
+    assert len(logged) == 2
+    assert all(r.exc_info is not None for r in logged)  # the traceback, for the log only
+    assert "a bug in the handler" not in str(default.reason)
+
+
+def test_command_refused_carries_a_reason_built_from_either_form() -> None:
+    by_text = CommandRefused("busy", code=34)
+    assert (by_text.code, by_text.description, by_text.reason) == (34, "busy", Reason(34, "busy"))
+    assert CommandRefused("no code given").reason == Reason(61, "no code given")
+    by_reason = CommandRefused(Reason(64, "bad"))
+    assert (by_reason.code, by_reason.description, str(by_reason)) == (64, "bad", "bad")

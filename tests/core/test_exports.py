@@ -25,7 +25,7 @@ EXPECTED = {
     "AuthenticationFailed", "EstablishTimeout", "CommandFailed", "CommandTimeout",
     "ChannelClosed", "KeyFileError", "ConfigError", "TransportError", "TransportClosed",
     "QueueFull", "TransportSecurityError", "NotDone", "Disconnected", "ResponseTimeout",
-    "ClientClosed", "StateStoreError",
+    "ClientClosed", "StateStoreError", "CommandRefused",
     "HandshakeFailed", "PeerGone", "SecurityCause",
 }
 

@@ -278,3 +278,20 @@ async def test_a_sample_refused_with_queue_full_keeps_the_drop_count_it_carried(
     assert delivered[0].resource["dropped"] == 4
     assert sub.total_drops == 4
     sub.close()
+
+
+def test_the_server_errors_are_refusals_in_the_one_tree_with_their_codes() -> None:
+    from rain_envelopes import errors
+    from rain_envelopes.server import InvalidValue, NotAllowed
+
+    # One class each, defined in rain_envelopes.errors and exported by rain_envelopes.server.
+    assert ParameterError is errors.ParameterError
+    assert PluginError is errors.PluginError
+    assert issubclass(ParameterError, errors.CommandRefused)
+    assert issubclass(PluginError, errors.RainError)
+    # errors.py sits below envelopes, so it writes the codes as numbers: pinned here.
+    assert errors.CommandRefused.code == ReasonCode.COMMAND_PROCESSING_ERROR
+    assert ParameterError("x").code == ReasonCode.COMMAND_PROCESSING_ERROR
+    assert InvalidValue("x").code == ReasonCode.COMMAND_INVALID_ARGUMENT
+    assert NotAllowed("x").code == ReasonCode.COMMAND_NOT_ALLOWED
+    assert ParameterError("x", code=ReasonCode.APPLICATION_ERROR).reason.code == 101
