@@ -21,9 +21,10 @@ from .access import AccessPolicy, AccessRule
 from .config import Limits, LoggingConfig, ServerConfig, load_config, parse_config
 from .errors import InvalidValue, NotAllowed, ParameterError, PluginError
 from .parameters import Parameter, parameter
+from .pipeline import Request, ServedSession
 from .plugins import load_plugins
 from .samples import COLLECTION_TYPE, PARAMETER_TYPE, SAMPLE_TYPE, Sample
-from .server import Request, ServedSession, Server
+from .server import Server
 
 __all__ = [
     "COLLECTION_TYPE",

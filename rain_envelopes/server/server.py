@@ -8,34 +8,15 @@
         await server.listen(["tcp://0.0.0.0:4505"], security=ServerSecurity(...))
         await server.wait_closed()
 
-Resources (PROTOCOL.md, RAIN extensions):
-
-- ``get /params``: a collection of parameter descriptors, showing only what the caller may use;
-- ``get | set | subscribe | unsubscribe /params/{name}``: sample documents.
-
-Every request is handled in this order, and the first refusal answers it: requests in progress
-(34 when the session already has ``limits.max_requests_in_progress`` answers in the works;
-counted by the channel, which makes the tasks), command expiry (``#expires``, 1001), URI
-(27/67), access rules on the *authenticated* identity (32/35), route (67 no such resource, 63
-method not supported), parameter (67 unknown, 66 read-only, 34 too many subscriptions), value
-(64, with the schema error, whether or not the parameter has a setter), plugin code (its
-ParameterError code, or 101). So a refused request never reaches plugin code and changes
-nothing.
-
-Exactly-once SET. A ``set`` with an id is first looked up by (proven identity, id): in the
-in-memory window (dedup.py), then in the state file. A remembered set is answered with its first
-answer (64 if the id now comes with another request), even past its ``#expires``: it *was*
-applied, and 1001 would say it was not. Otherwise its expiry is checked, then it is handed to a
-task that belongs to the server, not to the session: a set that has started is finished and
-recorded even if its session ends, and a retry arriving meanwhile on any session waits for that
-first outcome (the session's task only awaits it, shielded). Under the parameter's set lock,
-just before the setter, the expiry is checked again (a set that expired while queued behind
-another is never applied) and, with a state file, an *in progress* record is committed; after
-the setter, the outcome and the new value are committed in one transaction, and only then is
-the set answered. A server killed in between leaves the in-progress record: the retry then gets
-61 "outcome unknown" rather than a second application. Each identity has its own window
-(``limits.dedup_window`` sets, ``limits.dedup_max_age`` seconds), so another identity's sets
-cannot push yours out.
+Theory of operation. The server is three parts, as caproto's is: this module holds the life
+cycle (start, listen, accept, serve a session, reload keys, close) and everything the parts
+share (the parameters bound at start, the state file and its worker, the peer logs); the request
+pipeline (pipeline.py) takes each command of a session through expiry, URI, access, route and
+the exactly-once path for sets, in an order its docstring lists; the ``/params`` resource
+(params.py) lists, reads, sets and subscribes parameters. Each request is answered by the
+session's channel, the one place where a refusal (CommandRefused, ParameterError) or a fault
+becomes a reply: a fault of the server itself is answered with 1 "internal server error" (the
+``handler_fault`` this module gives every channel) and logged with its traceback.
 
 State file (``state=``, store.py). ``start()`` opens it (a file that cannot be trusted raises
 StateStoreError and nothing is left running), binds the parameters, applies each stored value
@@ -58,9 +39,6 @@ dropped replies and refused requests) goes through a PeerLog keyed by the proven
 key, or address), so one peer costs at most two lines per kind per interval; a timer task
 writes the summaries with their counts.
 
-Fast paths (lists, stored values, refusals) answer synchronously in the channel's reader; only
-requests that run plugin code become tasks, so a slow getter delays nobody else.
-
 Clean shutdown (``close()``): stop accepting, stop periodic publication, let sets being applied
 finish and be recorded (bounded), send ``finished`` to every session, cancel what is still
 running, close the listeners this server opened, unbind the parameters, wait (bounded) for
@@ -74,10 +52,8 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,15 +61,8 @@ import fastjsonschema
 
 from ..auth import ServerAuthenticator
 from ..channel import ServerChannel
-from ..codec import decode, encode
-from ..envelopes import Command, CommandMethod, Message, Reason, ReasonCode, SessionState
-from ..errors import (
-    ChannelClosed,
-    LocalProtocolError,
-    RemoteProtocolError,
-    SessionError,
-    TransportError,
-)
+from ..envelopes import Message, Reason, ReasonCode, SessionState
+from ..errors import ChannelClosed, CommandRefused, SessionError, TransportError
 from ..keys import AuthorizedKeys, Identity, format_public_key
 from ..node import Node
 from ..peerlog import PeerLog
@@ -101,87 +70,24 @@ from ..protocol import NodeRegistry
 from ..transport import ServerSecurity, Transport, TransportListener, transport_factory
 from .access import AccessPolicy
 from .config import Limits, ServerConfig
-from .dedup import Entry, SetWindow, fingerprint
-from .errors import InvalidValue, NotAllowed, ParameterError, PluginError
+from .errors import PluginError
 from .live import LiveParameter, PluginRuntime
 from .parameters import Parameter
+from .params import ParamsResource
+from .pipeline import Handler, Request, RequestPipeline, ServedSession
 from .plugins import check_unique, load_plugins
-from .router import Router, split_uri
-from .samples import (
-    COLLECTION_TYPE,
-    PARAMETER_TYPE,
-    SAMPLE_TYPE,
-    Sample,
-    collection,
-    new_epoch,
-)
-from .store import Durability, SetRecord, StateStore, StateStoreError, StoredValue
-from .subscriptions import Subscription
+from .router import Router
+from .samples import new_epoch
+from .store import Durability, StateStore, StateStoreError, StoredValue
 
 __all__ = ["Request", "ServedSession", "Server"]
 
 log = logging.getLogger("rain.server")
 
-Response = Command | None
-Handler = Callable[["Request"], Command | Coroutine[Any, Any, Response]]
+_SERVER_FAULT = Reason(ReasonCode.GENERAL_ERROR, "internal server error")
+
 MessageHandler = Callable[["ServedSession", Message], object]
 _R = TypeVar("_R")
-
-
-@dataclass(eq=False)
-class ServedSession:
-    """One client session the server is serving."""
-
-    channel: ServerChannel
-    #: Subscriptions by parameter name.
-    subscriptions: dict[str, Subscription] = field(default_factory=dict)
-    #: Set once the session has ended and everything it held is released.
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def identity(self) -> str | None:
-        """The authenticated identity (``alice@irf``; ``guest`` for guests)."""
-        return self.channel.remote_identity
-
-    @property
-    def node(self) -> Node | None:
-        return self.channel.remote_node
-
-    @property
-    def closed(self) -> bool:
-        return self.channel.closed
-
-    def __repr__(self) -> str:
-        return f"<ServedSession {self.node} as {self.identity}>"
-
-
-@dataclass(frozen=True)
-class Request:
-    """A routed command, with what the route captured and who sent it."""
-
-    command: Command
-    path: str
-    params: Mapping[str, str]
-    query: Mapping[str, list[str]]
-    session: ServedSession
-
-    @property
-    def identity(self) -> str:
-        return self.session.identity or ""
-
-
-def _expired(command: Command) -> None:
-    expires = (command.metadata or {}).get("#expires")
-    if expires is None:
-        return
-    try:
-        moment = datetime.fromisoformat(expires)
-    except ValueError:
-        raise InvalidValue(f"#expires {expires!r} is not an ISO-8601 time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    if moment <= datetime.now(UTC):
-        raise ParameterError(f"command expired at {expires}", code=ReasonCode.COMMAND_EXPIRED)
 
 
 def _session_outcome(channel: ServerChannel) -> tuple[str, str]:
@@ -199,22 +105,6 @@ def _session_outcome(channel: ServerChannel) -> tuple[str, str]:
     if state is SessionState.FAILED:
         return "failed", str(reason) if reason is not None else "failed"
     return "lost", str(reason) if reason is not None else "the link ended without finished"
-
-
-async def _handle(handler: Handler, request: Request) -> Response:
-    result = handler(request)
-    return result if isinstance(result, Command) else await result
-
-
-def _value_of(command: Command) -> Any:
-    if command.resource is None:
-        raise InvalidValue("set needs a value: the command has no resource")
-    media = (command.type or "").split(";", 1)[0].strip().lower()
-    if media == SAMPLE_TYPE:
-        if not isinstance(command.resource, Mapping) or "value" not in command.resource:
-            raise InvalidValue("a sample document needs a 'value'")
-        return command.resource["value"]
-    return command.resource
 
 
 class Server:
@@ -264,24 +154,15 @@ class Server:
         self.on_message: MessageHandler = self._log_message
         self.epoch = new_epoch()
         self._live: dict[str, LiveParameter] = {}
-        self._router: Router[Handler] = Router()
-        self._router.add("/params", CommandMethod.GET, self._list)
-        self._router.add("/params/{name}", CommandMethod.GET, self._get)
-        self._router.add("/params/{name}", CommandMethod.SET, self._set)
-        self._router.add("/params/{name}", CommandMethod.SUBSCRIBE, self._subscribe)
-        self._router.add("/params/{name}", CommandMethod.UNSUBSCRIBE, self._unsubscribe)
+        router: Router[Handler] = Router()
+        ParamsResource(self).register(router)
+        self._pipeline = RequestPipeline(self, router)
         self._registry = NodeRegistry()
         self._sessions: set[ServedSession] = set()
         self._establishing: set[ServerChannel] = set()
         self._listeners: list[TransportListener] = []
         self._owned_listeners: list[TransportListener] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Remembered sets, a window per identity (dedup.py). A reused id with another request
-        # is refused. With a state file this is the fast path in front of the stored window.
-        self._recent = SetWindow(self.limits.dedup_window, max_age=self.limits.dedup_max_age)
-        # Sets being applied: owned by the server, not by the session that asked, so a set
-        # that started is finished and recorded even when its session ends meanwhile.
-        self._sets: set[asyncio.Task[None]] = set()
         self._store: StateStore | None = None
         # The one thread that talks to the state file: commits wait for the disk there, not
         # on the event loop, and one worker keeps them in submission order.
@@ -371,7 +252,7 @@ class Server:
             for name, param in self.parameters.items():
                 try:
                     live = LiveParameter(param, self._runtime)
-                except ParameterError as exc:
+                except CommandRefused as exc:
                     raise PluginError(exc.description, path=param.path, line=param.line) from None
                 param._bind(live)
                 bound.append(param)
@@ -432,7 +313,7 @@ class Server:
                 continue
             try:
                 await live.write(item.value)
-            except ParameterError as exc:
+            except CommandRefused as exc:
                 log.error("state file: restoring %s failed: %s", name, exc.description)
                 continue
             restored += 1
@@ -586,7 +467,10 @@ class Server:
         session = ServedSession(channel)
         # Handlers go in before the session is established: a client may send its first
         # command right behind its credentials, before this coroutine runs again.
-        channel.on_command = lambda command: self._on_command(session, command)
+        pipeline = self._pipeline
+        channel.on_command = lambda command: pipeline.on_command(session, command)
+        # A fault of the server itself (plugin faults are refusals with 101 by then).
+        channel.handler_fault = _SERVER_FAULT
         channel.on_message = lambda message: self.on_message(session, message)
         self._establishing.add(channel)
         try:
@@ -671,9 +555,10 @@ class Server:
         current = asyncio.current_task()
         for live in self._live.values():
             live.stop()
-        if self._sets:
+        sets = self._pipeline.sets
+        if sets:
             # Sets being applied are finished, recorded and answered before the sessions end.
-            _, late = await asyncio.wait(list(self._sets), timeout=timeout)
+            _, late = await asyncio.wait(list(sets), timeout=timeout)
             if late:
                 log.warning("%d sets still being applied after %g s; cancelled", len(late),
                             timeout)
@@ -706,7 +591,7 @@ class Server:
             if name in self._live:
                 param._bind(None)
         self._live.clear()
-        self._recent.clear()
+        self._pipeline.recent.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             try:
@@ -750,348 +635,3 @@ class Server:
             logging.INFO, "message", session.identity,
             "message from %s (%.64r): %.200r", session.identity, message.type, message.content,
         )
-
-    # ------------------------------------------------------------------ dispatch
-
-    def _on_command(
-        self, session: ServedSession, command: Command
-    ) -> Command | Awaitable[Response] | None:
-        """The channel's ``on_command``: a response now, or an awaitable for plugin work."""
-        if command.is_response or command.method is CommandMethod.OBSERVE:
-            return None  # clients own no resources here; observes to us mean nothing
-        try:
-            identity = session.identity
-            if identity is None:
-                raise ParameterError(
-                    "no authenticated identity", code=ReasonCode.AUTHORIZATION_UNAUTHORIZED_SENDER
-                )
-            recorded = command.method is CommandMethod.SET and command.id is not None
-            if not recorded:
-                _expired(command)  # a recorded set: after its record is looked up
-            path, query = split_uri(command.uri or "", self.node)
-            self.access.check(identity, command.method, path)
-            route = self._router.resolve_path(command.method, path, query)
-            request = Request(command, path, route.params, query, session)
-            if recorded:
-                return self._deduplicated(request, route.handler)
-            result = route.handler(request)
-        except ParameterError as exc:
-            return command.failure(exc.code, exc.description)
-        except Exception:
-            log.exception("handling %s %s failed", command.method, command.uri)
-            return command.failure(ReasonCode.GENERAL_ERROR, "internal server error")
-        if isinstance(result, Command):
-            return result
-        return self._complete(command, result)
-
-    async def _complete(self, command: Command, pending: Awaitable[Response]) -> Response:
-        try:
-            return await pending
-        except ParameterError as exc:
-            return command.failure(exc.code, exc.description)
-        except (ChannelClosed, LocalProtocolError, TransportError):
-            return None  # the session ended while we worked
-        except Exception:
-            log.exception("handling %s %s failed", command.method, command.uri)
-            return command.failure(ReasonCode.GENERAL_ERROR, "internal server error")
-
-    def _deduplicated(self, request: Request, handler: Handler) -> Awaitable[Response] | Command:
-        """A set with an id: answered from its record when it was seen, else applied once by a
-        server-owned task (see the module docstring); the session only waits for the answer."""
-        command = request.command
-        assert command.id is not None
-        identity = request.identity
-        digest = fingerprint(command)
-        entry = self._recent.lookup(identity, command.id)
-        if entry is not None:
-            if entry.fingerprint != digest:
-                return self._reused(command)
-            self.peer_log.event(
-                logging.INFO, "repeated-set", identity,
-                "repeated set %.64r from %s answered once", command.id, identity,
-            )
-            return self._answer(command, entry, digest)
-        entry = Entry(digest, asyncio.get_running_loop().create_future())
-        self._recent.remember(identity, command.id, entry)
-        task = asyncio.create_task(
-            self._run_set(request, handler, entry), name=f"rain-set {command.id:.64}"
-        )
-        self._sets.add(task)
-        task.add_done_callback(self._set_done)
-        return self._answer(command, entry, digest)
-
-    @staticmethod
-    def _reused(command: Command) -> Command:
-        return command.failure(
-            ReasonCode.COMMAND_INVALID_ARGUMENT,
-            f"command id {command.id:.64} was already used for another set",
-        )
-
-    async def _answer(self, command: Command, entry: Entry, digest: bytes) -> Response:
-        """The first outcome of the set ``entry`` stands for, addressed to this request."""
-        try:
-            # Shielded: this session ending must not cancel the set (nor its other waiters).
-            response = await asyncio.shield(entry.answer)
-        except asyncio.CancelledError:
-            if not entry.answer.cancelled():
-                raise  # our session ended
-            return command.failure(
-                ReasonCode.COMMAND_PROCESSING_ERROR,
-                "the first attempt of this set ended without an answer (server closing)",
-            )
-        if entry.fingerprint != digest:  # the stored record was for another request
-            return self._reused(command)
-        return response.replace(to=command.sender)
-
-    def _set_done(self, task: asyncio.Task[None]) -> None:
-        self._sets.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("set task %s failed", task.get_name(), exc_info=task.exception())
-
-    async def _run_set(self, request: Request, handler: Handler, entry: Entry) -> None:
-        """Find the set's record (state file) or apply it, and resolve ``entry`` with the first
-        outcome. Runs to the end whatever happens to the session that asked."""
-        command = request.command
-        assert command.id is not None
-        response: Command | None = None
-        try:
-            if self._store is not None:
-                try:
-                    record = await self._in_store(
-                        self._store.lookup_set, request.identity, command.id
-                    )
-                except StateStoreError as exc:
-                    log.error("%s", exc)
-                    response = command.failure(
-                        ReasonCode.COMMAND_PROCESSING_ERROR,
-                        "the server's state file failed; the set was not applied",
-                    )
-                else:
-                    if record is not None:
-                        entry.fingerprint = record.fingerprint
-                        response = self._recorded(command, record)
-            if response is None:
-                response = await self._complete(command, self._apply(request, handler))
-            if response is None:
-                response = command.failure(
-                    ReasonCode.COMMAND_PROCESSING_ERROR, "the set ended without an answer"
-                )
-        except BaseException:
-            self._forget(request.identity, command.id, entry.answer)
-            raise
-        if not entry.answer.done():
-            entry.answer.set_result(response)
-
-    def _recorded(self, command: Command, record: SetRecord) -> Command:
-        """The answer a stored record gives to a repeat of its set."""
-        if record.in_progress:
-            return command.failure(
-                ReasonCode.COMMAND_PROCESSING_ERROR,
-                "outcome unknown: the server stopped while applying this set; get the "
-                "parameter to see its value",
-            )
-        try:
-            stored = decode(record.response)
-        except RemoteProtocolError:
-            stored = None
-        if not isinstance(stored, Command):
-            log.error("state file: the record of set %.64r is unreadable", command.id)
-            return command.failure(
-                ReasonCode.COMMAND_PROCESSING_ERROR,
-                "outcome unknown: the record of this set is unreadable",
-            )
-        return stored
-
-    @staticmethod
-    async def _apply(request: Request, handler: Handler) -> Response:
-        # Refused when expired before anything else is checked; _write checks again just
-        # before the setter, after waiting for the parameter's earlier sets.
-        _expired(request.command)
-        return await _handle(handler, request)
-
-    def _forget(self, identity: str, command_id: str, future: asyncio.Future[Command]) -> None:
-        entry = self._recent.lookup(identity, command_id)
-        if entry is not None and entry.answer is future:
-            self._recent.forget(identity, command_id)
-        if not future.done():
-            future.cancel()
-
-    # ------------------------------------------------------------------ resources
-
-    def _lookup(self, request: Request) -> LiveParameter:
-        name = request.params["name"]
-        live = self._live.get(name)
-        if live is None:
-            raise ParameterError(
-                f"no parameter {name!r}", code=ReasonCode.COMMAND_RESOURCE_NOT_FOUND
-            )
-        return live
-
-    def _list(self, request: Request) -> Command:
-        items = []
-        for name in sorted(self._live):
-            declaration = self._live[name].declaration
-            path = f"/params/{name}"
-            allowed = [
-                m for m in declaration.methods if self.access.allows(request.identity, m, path)
-            ]
-            if not allowed:
-                continue  # what you may not touch, you are not shown
-            descriptor = declaration.descriptor()
-            descriptor["methods"] = allowed
-            items.append(descriptor)
-        return request.command.success(collection(PARAMETER_TYPE, items), COLLECTION_TYPE)
-
-    def _get(self, request: Request) -> Command | Coroutine[Any, Any, Response]:
-        live = self._lookup(request)
-        if live.declaration.get_function is None and live.last is not None:
-            return request.command.success(live.last.document(), SAMPLE_TYPE)
-        return self._read(request.command, live)
-
-    @staticmethod
-    async def _read(command: Command, live: LiveParameter) -> Response:
-        sample = await live.read()
-        return command.success(sample.document(), SAMPLE_TYPE)
-
-    def _set(self, request: Request) -> Coroutine[Any, Any, Response]:
-        live = self._lookup(request)
-        declaration = live.declaration
-        if not declaration.settable:
-            raise NotAllowed(f"parameter {live.name!r} is read-only")
-        value = _value_of(request.command)
-        try:
-            declaration.validate(value)
-        except fastjsonschema.JsonSchemaValueException as exc:
-            message = exc.message
-            if message.startswith("data"):
-                message = live.name + message[len("data"):]
-            raise InvalidValue(f"invalid value: {message}") from None
-        except fastjsonschema.JsonSchemaException as exc:
-            raise InvalidValue(f"invalid value: {exc}") from None
-        return self._write(request, live, value)
-
-    async def _write(self, request: Request, live: LiveParameter, value: Any) -> Response:
-        """Apply a checked value; with a state file, record it (see the module docstring)."""
-        command = request.command
-        store = self._store
-        recorded = store is not None and command.id is not None
-        # An intent is recorded only where applying acts outside the transaction (a setter);
-        # a stored value is published and recorded with nothing in between to lose.
-        intent = recorded and live.declaration.set_function is not None
-        digest = fingerprint(command) if recorded else b""
-        reached = False
-
-        async def before() -> None:
-            nonlocal reached
-            _expired(command)
-            if intent:
-                assert store is not None
-                assert command.id is not None
-                try:
-                    await self._in_store(
-                        store.begin_set, request.identity, command.id, digest, time.time()
-                    )
-                except StateStoreError as exc:
-                    log.error("%s", exc)
-                    raise ParameterError(
-                        "the server's state file failed; the set was not applied",
-                        code=ReasonCode.COMMAND_PROCESSING_ERROR,
-                    ) from None
-            reached = True
-
-        try:
-            sample = await live.write(value, before=before)
-        except ParameterError as exc:
-            response = command.failure(exc.code, exc.description)
-            if recorded and reached:  # the setter ran (or is still running): its outcome
-                await self._record(request, None, None, digest, response)
-            return response
-        response = command.success(sample.document(), SAMPLE_TYPE)
-        if store is not None:
-            # Submitted with no await since the setter returned: the single store worker
-            # commits the sets of one parameter in the order they were applied.
-            name = live.name if live.declaration.persists else None
-            if recorded:
-                await self._record(request, name, sample, digest, response)
-            elif name is not None:
-                await self._store_quietly(
-                    store.store_value, name, sample.value, sample.timestamp, sample.seq
-                )
-        return response
-
-    async def _record(
-        self,
-        request: Request,
-        name: str | None,
-        sample: Sample | None,
-        digest: bytes,
-        response: Command,
-    ) -> None:
-        store = self._store
-        assert store is not None
-        assert request.command.id is not None
-        call = functools.partial(
-            store.apply_set, request.identity, request.command.id, name,
-            None if sample is None else sample.value, digest, encode(response), time.time(),
-            timestamp=None if sample is None else sample.timestamp,
-            seq=None if sample is None else sample.seq,
-        )
-        await self._store_quietly(call)
-
-    async def _store_quietly(self, function: Callable[..., object], *args: Any) -> None:
-        # The set has been applied: it is answered as it went even when the file fails now;
-        # the failure is the operator's to see (a retry after a restart then gets 61).
-        try:
-            await self._in_store(function, *args)
-        except StateStoreError as exc:
-            log.error("a set was applied but not recorded: %s", exc)
-
-    def _subscribe(self, request: Request) -> Coroutine[Any, Any, Response]:
-        live = self._lookup(request)
-        session = request.session
-        if live.name not in session.subscriptions and len(session.subscriptions) >= (
-            self.limits.max_subscriptions
-        ):
-            raise ParameterError(
-                f"at most {self.limits.max_subscriptions} subscriptions per session",
-                code=ReasonCode.AUTHORIZATION_QUOTA_EXCEEDED,
-            )
-        return self._start_subscription(request, live)
-
-    async def _start_subscription(self, request: Request, live: LiveParameter) -> Response:
-        session = request.session
-        command = request.command
-        await live.snapshot()
-        if session.closed or self._closing:
-            return None
-        previous = session.subscriptions.pop(live.name, None)
-        if previous is not None:
-            previous.close()
-            live.subscriptions.discard(previous)
-        subscription = Subscription(
-            live.name, command.uri or "", session.channel.send, maxlen=self.limits.queue_length
-        )
-        # Registered and snapshotted with no await in between: every later sample is queued,
-        # every earlier one is in the snapshot.
-        session.subscriptions[live.name] = subscription
-        live.subscriptions.add(subscription)
-        assert live.last is not None
-        response = command.success(live.last.document(), SAMPLE_TYPE)
-        try:
-            # Sent here, not returned: the snapshot must leave before the first observe.
-            await session.channel.send(response)
-        except (ChannelClosed, LocalProtocolError, TransportError):
-            subscription.close()
-            live.subscriptions.discard(subscription)
-            session.subscriptions.pop(live.name, None)
-            return None
-        subscription.start()
-        return None
-
-    def _unsubscribe(self, request: Request) -> Command:
-        live = self._lookup(request)
-        subscription = request.session.subscriptions.pop(live.name, None)
-        if subscription is not None:
-            subscription.close()
-            live.subscriptions.discard(subscription)
-        return request.command.success()
