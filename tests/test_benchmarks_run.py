@@ -65,7 +65,7 @@ def test_bench_idle_runs_and_prints_a_row_per_setting() -> None:
              "--heartbeats", "0,0,0", "--heartbeats", "2,4,6"],
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=90,  # two server processes started and stopped; slow on a busy machine
             cwd=IDLE.parent,
         )
     except subprocess.TimeoutExpired as exc:
