@@ -58,6 +58,7 @@ def test_bench_roundtrip_quick_prints_the_table_with_ratios() -> None:
 IDLE = SCRIPT.parent / "bench_idle.py"
 
 
+@pytest.mark.timeout(120)
 def test_bench_idle_runs_and_prints_a_row_per_setting() -> None:
     try:
         done = subprocess.run(
