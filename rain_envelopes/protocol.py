@@ -38,6 +38,24 @@ confirmation of a proposal) both sides gzip every frame. Doing it in the one pla
 exactly which envelope was the echo removes any race between switching compression and frames
 already queued, and every transport gets it for free.
 
+What the protocol does by itself once established. LIME asks every node for a few answers
+that need no application, so they live here, and every shell (the asyncio channel, a blocking
+API, another transport's loop) gets them by feeding bytes:
+
+- ``get /ping`` is answered with an empty success (:data:`PING_MEDIA_TYPE`) and never appears
+  in ``events_received()``;
+- a message with an id that was meant for us (no ``to``, our node, or our identity without an
+  instance) gets a ``received`` receipt at once, addressed to ``pp`` else ``from``. The
+  ``consumed`` or ``failed`` receipt depends on the application, so the shell reports how its
+  handler ended with :meth:`~_Protocol.message_consumed` or :meth:`~_Protocol.message_failed`,
+  and the protocol decides whether a receipt is due and queues it;
+- an answer that will never come is an event: a ``failed`` notification with an id, or a
+  response that cannot be read, is reported as :class:`RequestFailed` (the notification itself
+  is still delivered after it). The shell fails whatever it has waiting under that id.
+
+A reply the session state no longer allows (a ping that arrives after we asked to finish) is
+dropped rather than raised: the peer that asked is going away.
+
 Errors: ``send`` raises LocalProtocolError for a step the state machine forbids;
 ``receive_data`` raises RemoteProtocolError (EnvelopeDecodeError for bad bytes) and never
 anything else. After catching one, call :meth:`reply_to_error` to queue the coded answer LIME
@@ -48,6 +66,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import itertools
 import secrets
 import zlib
@@ -64,6 +83,7 @@ from .envelopes import (
     CommandMethod,
     CommandStatus,
     Envelope,
+    Message,
     Notification,
     NotificationEvent,
     Reason,
@@ -73,16 +93,20 @@ from .envelopes import (
     SessionEncryption,
     SessionState,
 )
-from .errors import EnvelopeDecodeError, RemoteProtocolError
+from .errors import CommandFailed, EnvelopeDecodeError, LocalProtocolError, RemoteProtocolError
 from .node import Node
 from .session import PROPOSAL_KEY, Phase, Role, SessionMachine
 
 __all__ = [
     "ANONYMOUS_IDENTITY",
     "DEFAULT_COMPRESSION_OPTIONS",
+    "PING_MEDIA_TYPE",
+    "PING_URI",
     "ClientProtocol",
+    "Event",
     "NodeRegistry",
     "Proposal",
+    "RequestFailed",
     "ServerProtocol",
 ]
 
@@ -95,6 +119,10 @@ DEFAULT_COMPRESSION_OPTIONS: tuple[SessionCompression, ...] = (
     SessionCompression.NONE,
     SessionCompression.GZIP,
 )
+
+#: The resource every LIME node answers itself: ``get /ping`` gets an empty success of this type.
+PING_URI = "/ping"
+PING_MEDIA_TYPE = "application/vnd.lime.ping+json"
 
 _S = SessionState
 _GZIP_WBITS = 31  # zlib with a gzip header and trailer
@@ -171,6 +199,27 @@ class Proposal:
         )
 
 
+@dataclass(frozen=True)
+class RequestFailed:
+    """Event: the answer to the request sent with ``id`` will not come, and ``error`` says why.
+
+    Reported for a ``failed`` Notification that carries an id (the peer could not read or take
+    the envelope with that id: ``error`` is a :class:`~rain_envelopes.errors.CommandFailed`
+    with the notification's reason and the notification as ``response``), and for a response
+    that arrived but could not be read (``error`` is its
+    :class:`~rain_envelopes.errors.EnvelopeDecodeError`). The protocol does not track which
+    requests are waiting: a shell fails the request it has under ``id``, if any, and ignores
+    an id it has none for, as it ignores a response to a request it no longer waits for.
+    """
+
+    id: str
+    error: Exception
+
+
+#: What ``events_received`` returns: the peer's application envelopes, and request failures.
+Event = Envelope | RequestFailed
+
+
 def _gzip(data: bytes) -> bytes:
     compressor = zlib.compressobj(6, zlib.DEFLATED, _GZIP_WBITS)
     return compressor.compress(data) + compressor.flush()
@@ -241,7 +290,7 @@ class _Protocol:
         #: Why the session failed (ours or the server's reason), once it has.
         self.failure: Reason | None = None
         self._out: list[bytes] = []
-        self._events: list[Envelope] = []
+        self._events: list[Event] = []
 
     # -- state
 
@@ -273,8 +322,11 @@ class _Protocol:
         """Put frames that could not be sent back at the front of the queue, in order."""
         self._out[:0] = frames
 
-    def events_received(self) -> list[Envelope]:
-        """Application envelopes (messages, notifications, commands) received since last call."""
+    def events_received(self) -> list[Event]:
+        """What happened since the last call, in order: application envelopes (messages,
+        notifications, command requests and responses; never a ``get /ping``, which is answered
+        here) and :class:`RequestFailed` events (each just before the envelope that caused it,
+        if that envelope is one)."""
         out, self._events = self._events, []
         return out
 
@@ -299,12 +351,88 @@ class _Protocol:
             raise RemoteProtocolError("the session has ended", code=ReasonCode.SESSION_ERROR)
         if self.compression is SessionCompression.GZIP:
             data = _gunzip(data, self.max_envelope_size)
-        envelope = decode(data, max_size=self.max_envelope_size)
+        try:
+            envelope = decode(data, max_size=self.max_envelope_size)
+        except EnvelopeDecodeError as exc:
+            if exc.is_response and exc.envelope_id is not None:
+                # An unreadable answer still ends the wait: the caller learns what arrived at
+                # once instead of a misleading timeout later.
+                self._events.append(RequestFailed(exc.envelope_id, exc))
+            raise
         if isinstance(envelope, Session):
             self._receive_session(envelope)
         else:
             self.machine.receive(envelope)
-            self._events.append(envelope)
+            self._receive_traffic(envelope)
+
+    def _receive_traffic(self, envelope: Envelope) -> None:
+        """The LIME behaviours of an established session: answer pings, send ``received``
+        receipts, report requests a failed notification ends; then hand the envelope on."""
+        if isinstance(envelope, Command):
+            if (
+                envelope.status is None
+                and envelope.method is CommandMethod.GET
+                and envelope.uri == PING_URI
+            ):
+                self._send_if_allowed(envelope.success({}, PING_MEDIA_TYPE))
+                return  # answered: the application never sees a ping
+        elif isinstance(envelope, Message):
+            if self._wants_receipts(envelope):
+                self._send_if_allowed(self._receipt(envelope, NotificationEvent.RECEIVED))
+        elif (
+            isinstance(envelope, Notification)
+            and envelope.event is NotificationEvent.FAILED
+            and envelope.id is not None
+        ):
+            assert envelope.reason is not None  # a failed notification always has one
+            self._events.append(
+                RequestFailed(envelope.id, CommandFailed(envelope.reason, envelope))
+            )
+        self._events.append(envelope)
+
+    # -- receipts: ``received`` goes on arrival; the shell reports how the handler ended
+
+    def message_consumed(self, message: Message) -> None:
+        """Queue the ``consumed`` receipt for ``message``, whose handler has run to the end.
+
+        Queues nothing for a message that wants no receipts (no id, or not meant for us), or
+        once the session no longer lets us send.
+        """
+        if self._wants_receipts(message):
+            self._send_if_allowed(self._receipt(message, NotificationEvent.CONSUMED))
+
+    def message_failed(self, message: Message, reason: Reason | None = None) -> None:
+        """Queue the ``failed`` receipt for ``message``, whose handler failed; ``reason``
+        defaults to code 101 "the message handler failed". Queues nothing when
+        :meth:`message_consumed` would not."""
+        if self._wants_receipts(message):
+            self._send_if_allowed(self._receipt(
+                message, NotificationEvent.FAILED,
+                reason or Reason(ReasonCode.APPLICATION_ERROR, "the message handler failed"),
+            ))
+
+    def _wants_receipts(self, message: Message) -> bool:
+        """LIME: receipts go for a message with an id that was meant for us (no ``to``, our
+        node, or our identity without an instance)."""
+        if message.id is None:
+            return False
+        to, local = message.to, self.local_node
+        if to is None or local is None:
+            return True
+        return to == local or (to.instance is None and to.same_identity(local))
+
+    @staticmethod
+    def _receipt(
+        message: Message, event: NotificationEvent, reason: Reason | None = None
+    ) -> Notification:
+        # Addressed to the effective sender: `pp` when set, else `from`.
+        return Notification(event, reason, id=message.id, to=message.sender)
+
+    def _send_if_allowed(self, envelope: Envelope) -> None:
+        # An answer the session state no longer allows (we asked to finish, or it ended) is
+        # dropped: the peer that asked is going away.
+        with contextlib.suppress(LocalProtocolError):
+            self.send(envelope)
 
     def _receive_session(self, envelope: Session) -> None:
         raise NotImplementedError
