@@ -1,23 +1,13 @@
 """Channels: the asyncio shell around the sans-I/O protocol objects.
 
-One reader task per channel pumps ``transport.receive()`` through the protocol and dispatches
-what the protocol reports: command responses resolve the future registered under the request id
-(``pending`` is never final); a :class:`~rain_envelopes.protocol.RequestFailed` event fails it
-(a peer's ``failed`` notification about it, or a response that could not be read); ``observe``
-commands go to subscription callbacks for their exact URI; other commands go to ``on_command``,
-messages to ``on_message``, notifications to ``on_notification``. Callbacks may be plain
-functions or coroutine functions; their exceptions are logged, never fatal to the channel.
-
-The LIME rules are the protocol's, not the channel's: it answers ``get /ping`` (which never
-reaches the application), sends ``received`` receipts and decides which messages want receipts
-at all. The channel only tells it how a message handler ended.
-
-The message handler contract. ``on_message(message)`` returns anything (ignored) or an
-awaitable; when it returns, or its awaitable finishes, without raising, the channel reports the
-message consumed (``protocol.message_consumed``); when it raises, it is logged and the message
-is reported failed (``protocol.message_failed``: 101 "the message handler failed"). The
-protocol sends the ``consumed`` or ``failed`` receipt when the message wants receipts. With no
-``on_message`` a message gets only its ``received`` receipt.
+One reader task per channel takes every queued frame in one call (``transport.receive_batch()``),
+feeds each to the protocol and dispatches what it reports, then flushes all the replies once
+(``send_batch``): command responses resolve the future registered under the request id
+(``pending`` is never final); ``observe`` commands go to subscription callbacks for their exact
+URI; ``get /ping`` is answered here and never reaches the application; other commands go to
+``on_command``, messages to ``on_message``, notifications to ``on_notification``. Callbacks may
+be plain functions or coroutine functions; their exceptions are logged, never fatal to the
+channel.
 
 The command handler contract. ``on_command(command)`` returns the response (a Command, sent
 as is), None (no answer), or an awaitable of either; or it raises. A
@@ -32,7 +22,7 @@ of this channel have an ``on_command`` answer in the works (the handler returned
 that has not finished), every further request is refused at once, before the handler runs,
 with code 34 (AUTHORIZATION_QUOTA_EXCEEDED: the peer may try again once it has its answers).
 A request counts from the moment its handler returns an awaitable until that awaitable ends.
-Pings (answered by the protocol), responses and observes never count. The bound is
+Pings, responses and observes are handled by the channel itself and never count. The bound is
 here rather than in the server because this is where the tasks are made: any handler, not only
 the RAIN server's, is covered, and the refusal needs no cooperation from it. The number is
 policy: None (the default for a channel made by hand) means no bound; the RAIN server passes
@@ -67,10 +57,10 @@ left live never shows: it reads ``failed`` with a reason and ``finished`` withou
 Invariants:
 - every pending request is failed (ChannelClosed, or SessionFailed with the reason) when the
   session ends, and a timeout is raised in the caller's task, never in a callback;
-- receipts go only for messages that carry an id and were meant for us, to ``pp`` else ``from``
-  (the protocol's rule);
+- receipts go only for messages that carry an id and were meant for us, to ``pp`` else ``from``;
 - command ids are a per-channel random prefix plus a counter (cheap, unique per session);
-- frames leave in the order the protocol queued them (one flush lock per channel).
+- frames leave in the order the protocol queued them: a flush sends the whole queue with one
+  ``send_batch``, and a flush that comes while another waits for room waits behind it.
 """
 
 from __future__ import annotations
@@ -91,6 +81,7 @@ from .envelopes import (
     Envelope,
     Message,
     Notification,
+    NotificationEvent,
     Reason,
     ReasonCode,
     Session,
@@ -104,6 +95,7 @@ from .errors import (
     CommandFailed,
     CommandRefused,
     CommandTimeout,
+    EnvelopeDecodeError,
     EstablishTimeout,
     LocalProtocolError,
     QueueFull,
@@ -118,11 +110,8 @@ from .node import Node
 from .peerlog import PeerLog
 from .protocol import (
     DEFAULT_COMPRESSION_OPTIONS,
-    PING_MEDIA_TYPE,
-    PING_URI,
     ClientProtocol,
     NodeRegistry,
-    RequestFailed,
     ServerProtocol,
     _Protocol,
 )
@@ -137,6 +126,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("rain.channel")
+
+PING_URI = "/ping"
+PING_MEDIA_TYPE = "application/vnd.lime.ping+json"
 
 _T = TypeVar("_T")
 MessageHandler = Callable[[Message], object]
@@ -212,7 +204,10 @@ class Channel:
         self._subscriptions: dict[str, list[ObserveCallback]] = {}
         self._id_prefix = os.urandom(4).hex() + "-"
         self._id_counter = itertools.count(1)
-        self._send_lock = asyncio.Lock()
+        # Flush ordering (see _flush): True while a flush is in send_batch; flushes that come
+        # meanwhile wait on a future of their own in _flush_waiters.
+        self._flushing = False
+        self._flush_waiters: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reader: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
@@ -283,19 +278,43 @@ class Channel:
 
     # ---------------------------------------------------------------------------- sending
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, on_full: Callable[[QueueFull], None] | None = None) -> None:
+        # Everything the protocol has queued goes out in one send_batch. The common case (the
+        # transport has room, so send_batch never suspends) takes no lock and makes no future:
+        # nothing can run between taking the frames and sending them. Only while a flush is
+        # suspended in send_batch, waiting for room, do later flushes wait for it to end, so
+        # frames still leave in the order the protocol queued them.
+        #
+        # A frame that meets QueueFull is dropped. Without ``on_full`` the error goes to whoever
+        # flushed and the rest of the batch (perhaps other callers' frames) waits for the next
+        # flush. The reader passes ``on_full``: each frame that does not fit is dropped and
+        # reported to it, and the rest is tried at once, so replies to a peer that does not
+        # read never pile up (one batch in, one batch of replies out or dropped).
+        while self._flushing:
+            waiter = asyncio.get_running_loop().create_future()
+            self._flush_waiters.append(waiter)
+            await waiter
         if not self._protocol.has_data_to_send:
-            return  # nothing queued: no lock, no await
-        async with self._send_lock:
-            frames = self._protocol.data_to_send()
-            for index, data in enumerate(frames):
+            return  # nothing queued (or a flush we waited for took ours): no await
+        frames = self._protocol.data_to_send()
+        self._flushing = True
+        try:
+            while frames:
                 try:
-                    await self.transport.send(data)
-                except QueueFull:
-                    # The frame that did not fit is dropped and reported to whoever flushed;
-                    # the rest of the batch (perhaps other callers' frames) goes out next time.
-                    self._protocol.requeue(frames[index + 1:])
-                    raise
+                    await self.transport.send_batch(frames)
+                except QueueFull as exc:
+                    if on_full is None:
+                        self._protocol.requeue(frames[1:])
+                        raise
+                    on_full(exc)
+                    del frames[0]
+        finally:
+            self._flushing = False
+            if self._flush_waiters:
+                waiters, self._flush_waiters = self._flush_waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     async def send(self, envelope: Envelope) -> None:
         """Send any envelope as it is (no response awaited).
@@ -430,25 +449,26 @@ class Channel:
         loop = asyncio.get_running_loop()
         try:
             while not self._protocol.closed:
-                data = await self.transport.receive()
+                # One wake-up: every frame queued, decoded and dispatched, then one flush.
+                frames = await self.transport.receive_batch()
                 self._last_received = loop.time()
-                try:
-                    self._protocol.receive_data(data)
-                except RemoteProtocolError as exc:
-                    self._peer_log.event(
-                        logging.WARNING, "bad-frame", self._peer_name(),
-                        "%s: peer broke the protocol: %s", self, exc,
-                    )
-                    self._protocol.reply_to_error(exc)
-                self._dispatch_all()
-                try:
-                    await self._flush()
-                except QueueFull as exc:
-                    # A peer that does not read must not end the session from our side.
-                    self._peer_log.event(
-                        logging.WARNING, "queue-full", self._peer_name(),
-                        "%s: peer queue full, a frame was dropped: %s", self, exc,
-                    )
+                # Each frame is dispatched before the next is fed, so replies are queued in
+                # exactly the order one frame per wake-up would give (a message's receipts
+                # before the next message's); they all leave in the one flush below.
+                for data in frames:
+                    if self._protocol.closed:
+                        break  # a frame ended the session: what came after it is not read
+                    try:
+                        self._protocol.receive_data(data)
+                    except RemoteProtocolError as exc:
+                        self._peer_log.event(
+                            logging.WARNING, "bad-frame", self._peer_name(),
+                            "%s: peer broke the protocol: %s", self, exc,
+                        )
+                        self._fail_pending_on_bad_response(exc)
+                        self._protocol.reply_to_error(exc)
+                    self._dispatch_all()
+                await self._flush(on_full=self._reply_dropped)
                 if self._established is not None and not self._established.done() and (
                     self._protocol.is_established
                 ):
@@ -472,27 +492,37 @@ class Channel:
             if not self._closing:
                 await self._shutdown(reason)
 
+    def _reply_dropped(self, error: QueueFull) -> None:
+        # A peer that does not read must not end the session from our side.
+        self._peer_log.event(
+            logging.WARNING, "queue-full", self._peer_name(),
+            "%s: peer queue full, a frame was dropped: %s", self, error,
+        )
+
     def _peer_name(self) -> str | None:
         """Who is at the other end, for the peer log: the proven key, else the address."""
         return self.transport.peer_identity or self.transport.peer_address
 
-    def _dispatch_all(self) -> None:
-        for event in self._protocol.events_received():
-            if isinstance(event, Command):
-                self._dispatch_command(event)
-            elif isinstance(event, Message):
-                self._dispatch_message(event)
-            elif isinstance(event, Notification):
-                self._dispatch_notification(event)
-            elif isinstance(event, RequestFailed):
-                self._fail_request(event)
+    def _fail_pending_on_bad_response(self, error: RemoteProtocolError) -> None:
+        # An unreadable response still ends the wait: the caller learns what arrived at once
+        # instead of a misleading CommandTimeout later.
+        if (
+            isinstance(error, EnvelopeDecodeError)
+            and error.is_response
+            and error.envelope_id is not None
+        ):
+            future = self._pending.get(error.envelope_id)
+            if future is not None and not future.done():
+                future.set_exception(error)
 
-    def _fail_request(self, event: RequestFailed) -> None:
-        # The protocol says the answer will not come: end the wait at once rather than leave
-        # it to time out. An id with nothing waiting (a receipt about a message) is ignored.
-        future = self._pending.get(event.id)
-        if future is not None and not future.done():
-            future.set_exception(event.error)
+    def _dispatch_all(self) -> None:
+        for envelope in self._protocol.events_received():
+            if isinstance(envelope, Command):
+                self._dispatch_command(envelope)
+            elif isinstance(envelope, Message):
+                self._dispatch_message(envelope)
+            elif isinstance(envelope, Notification):
+                self._dispatch_notification(envelope)
 
     def _dispatch_command(self, command: Command) -> None:
         if command.status is not None:
@@ -507,6 +537,9 @@ class Channel:
         if command.method is CommandMethod.OBSERVE:
             for callback in list(self._subscriptions.get(_normalise_uri(command.uri or ""), ())):
                 self._call(callback, command, "observe callback")
+            return
+        if command.method is CommandMethod.GET and command.uri == PING_URI:
+            self._reply(command.success({}, PING_MEDIA_TYPE))
             return
         handler = self.on_command
         if handler is None:
@@ -579,9 +612,16 @@ class Channel:
         except (LocalProtocolError, ChannelClosed, TransportError) as exc:
             log.debug("%s: could not send %s: %s", self, type(envelope).__name__, exc)
 
+    def _for_us(self, message: Message) -> bool:
+        to = message.to
+        if to is None or self.local_node is None:
+            return True
+        return to == self.local_node or (to.instance is None and to.same_identity(self.local_node))
+
     def _dispatch_message(self, message: Message) -> None:
-        # The protocol has queued the `received` receipt; it sends `consumed` or `failed` when
-        # told how the handler ended (the handler contract in the module docstring).
+        wants_receipts = message.id is not None and self._for_us(message)
+        if wants_receipts:
+            self._reply(self._receipt(message, NotificationEvent.RECEIVED))
         handler = self.on_message
         if handler is None:
             return
@@ -589,33 +629,44 @@ class Channel:
             result = handler(message)
         except Exception:
             log.exception("%s: message handler failed", self)
-            self._protocol.message_failed(message)
+            if wants_receipts:
+                self._reply(self._failed_receipt(message))
             return
         if inspect.isawaitable(result):
-            self._spawn(self._finish_message(message, result))
-        else:
-            self._protocol.message_consumed(message)
+            self._spawn(self._finish_message(message, result, wants_receipts))
+        elif wants_receipts:
+            self._reply(self._receipt(message, NotificationEvent.CONSUMED))
 
-    async def _finish_message(self, message: Message, pending: Awaitable[Any]) -> None:
+    async def _finish_message(
+        self, message: Message, pending: Awaitable[Any], wants_receipts: bool
+    ) -> None:
         try:
             await pending
         except Exception:
             log.exception("%s: message handler failed", self)
-            self._protocol.message_failed(message)
-        else:
-            self._protocol.message_consumed(message)
-        await self._flush_quietly()
-
-    async def _flush_quietly(self) -> None:
-        # For what a handler's task queued after the reader's flush: best effort, like a reply.
-        if self.closed:
+            if wants_receipts:
+                await self._send_quietly(self._failed_receipt(message))
             return
-        try:
-            await self._flush()
-        except TransportError as exc:
-            log.debug("%s: could not flush: %s", self, exc)
+        if wants_receipts:
+            await self._send_quietly(self._receipt(message, NotificationEvent.CONSUMED))
+
+    @staticmethod
+    def _receipt(message: Message, event: NotificationEvent) -> Notification:
+        return Notification(event, id=message.id, to=message.sender)
+
+    @staticmethod
+    def _failed_receipt(message: Message) -> Notification:
+        reason = Reason(ReasonCode.APPLICATION_ERROR, "the message handler failed")
+        return Notification(NotificationEvent.FAILED, reason, id=message.id, to=message.sender)
 
     def _dispatch_notification(self, notification: Notification) -> None:
+        # A failed notification about one of our requests (a peer that could not read it) ends
+        # the wait at once instead of leaving it to time out.
+        if notification.event is NotificationEvent.FAILED and notification.id in self._pending:
+            future = self._pending[notification.id]
+            if not future.done():
+                assert notification.reason is not None
+                future.set_exception(CommandFailed(notification.reason, notification))
         if self.on_notification is not None:
             self._call(self.on_notification, notification, "notification handler")
 

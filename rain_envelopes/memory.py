@@ -9,7 +9,9 @@ How it works. :func:`memory_transport_pair` links two ends: ``send`` copies the 
 peer's inbox (a deque) and wakes its ``receive``; ``close`` puts an end marker behind whatever
 is already queued, so the peer reads every frame sent before the close and then
 TransportClosed, as with a socket. A sender meets QueueFull when the peer's inbox holds
-``max_queue`` frames, never an unbounded queue.
+``max_queue`` frames, never an unbounded queue. ``receive_batch`` hands over the whole inbox
+(up to an end marker) in one call; ``send_batch`` is the default (``send`` never suspends here),
+and the peer's reader, woken once, finds the whole batch.
 
 ``memory://NAME`` endpoints go through the ordinary factory (:data:`MEMORY`, registered as the
 ``memory`` entry point): a :class:`MemoryTransportListener` binds NAME in a process-wide table
@@ -92,6 +94,15 @@ class MemoryTransport(Transport):
                 raise TransportClosed("memory transport is closed")
             self._ready.clear()
             await self._ready.wait()
+
+    async def receive_batch(self) -> list[bytes]:
+        frames = [await self.receive()]
+        inbox = self._inbox
+        while inbox and inbox[0] is not _CLOSED:
+            item = inbox.popleft()
+            assert isinstance(item, bytes)
+            frames.append(item)
+        return frames
 
     async def close(self) -> None:
         if self._closed:
@@ -196,6 +207,12 @@ class _LazyMemoryTransport(Transport):
 
     async def receive(self) -> bytes:
         return await self._link().receive()
+
+    async def receive_batch(self) -> list[bytes]:
+        return await self._link().receive_batch()
+
+    async def send_batch(self, frames: list[bytes]) -> None:
+        await self._link().send_batch(frames)
 
     async def close(self) -> None:
         self._closed = True

@@ -3,7 +3,10 @@
 :class:`TransportConformance` checks the promises of :class:`~rain_envelopes.transport.Transport`
 that channels rely on: frames arrive once, whole and in order; ``receive`` returns ``bytes``;
 ``close`` is idempotent and wakes a pending ``receive``; the end of the link is noticed by both
-sides in bounded time; large frames and concurrent senders work. A transport's test module
+sides in bounded time; large frames and concurrent senders work; ``receive_batch`` and
+``send_batch`` keep the same promises for whole batches (each frame once, whole, in order; the
+list given to ``send_batch`` consumed, and left holding what was not sent when it raises), so
+their defaults and any transport's own versions are checked alike. A transport's test module
 subclasses it and says how to make a connected pair::
 
     class TestMemoryTransport(TransportConformance):
@@ -321,6 +324,117 @@ class TransportConformance(ABC):
 
             await self._expect_closed_soon(drain)
             assert received == frames[: len(received)], f"not an in-order prefix: {received}"
+
+        await self.each_direction(check)
+
+    # -------------------------------------------------------------------------- batches
+
+    async def send_batch_frames(self, transport: Transport, frames: list[bytes]) -> None:
+        """``send_batch(frames)``, waiting out QueueFull as :meth:`send_frame` does. Checks the
+        contract on the list: what is left after QueueFull is what was not sent."""
+        remaining = list(frames)
+
+        async def attempt() -> None:
+            while remaining:
+                before = len(remaining)
+                try:
+                    await transport.send_batch(remaining)
+                except QueueFull:
+                    assert remaining, "send_batch() raised QueueFull with every frame sent"
+                    assert len(remaining) <= before
+                    await asyncio.sleep(0.001)
+                else:
+                    assert not remaining, f"send_batch() returned with {len(remaining)} unsent"
+
+        await self.bounded(attempt(), f"sending a batch of {len(frames)} frames")
+
+    async def receive_batches(self, transport: Transport, count: int) -> list[bytes]:
+        """``receive_batch()`` until ``count`` frames came; checks every batch is a non-empty
+        list of bytes."""
+        received: list[bytes] = []
+        while len(received) < count:
+            batch = await self.bounded(transport.receive_batch(), "receive_batch()")
+            assert isinstance(batch, list), f"receive_batch() returned {type(batch).__name__}"
+            assert batch, "receive_batch() returned an empty list"
+            for frame in batch:
+                assert type(frame) is bytes, f"a batch held {type(frame).__name__}, not bytes"
+            received.extend(batch)
+        return received
+
+    async def test_receive_batch_returns_queued_frames_in_order(self) -> None:
+        frames = [f"batched {i:05d}".encode() for i in range(self.frame_count)]
+
+        async def check(sender: Transport, receiver: Transport) -> None:
+            # All sent before any receive: a batching transport hands several over at once,
+            # the default one at a time; either way each frame once, whole, in order.
+            for frame in frames:
+                await self.send_frame(sender, frame)
+            received = await self.receive_batches(receiver, len(frames))
+            assert received == frames, "receive_batch() lost, merged or reordered frames"
+
+        await self.each_direction(check)
+
+    async def test_receive_and_receive_batch_share_one_stream(self) -> None:
+        frames = [f"mixed {i}".encode() for i in range(20)]
+
+        async def check(sender: Transport, receiver: Transport) -> None:
+            for frame in frames:
+                await self.send_frame(sender, frame)
+            first = await self.receive_frame(receiver)
+            rest = await self.receive_batches(receiver, len(frames) - 1)
+            assert [first, *rest] == frames
+
+        await self.each_direction(check)
+
+    async def test_send_batch_is_one_receive_per_frame_in_order(self) -> None:
+        sizes = [1, 2, 3, 64, 1000, 65_537] * 5
+        frames = [bytes([index % 250 + 1]) * size for index, size in enumerate(sizes)]
+
+        async def check(sender: Transport, receiver: Transport) -> None:
+            await self.send_batch_frames(sender, frames)
+            for frame in frames:
+                got = await self.receive_frame(receiver)
+                assert got == frame, f"sent {len(frame)} bytes, received {len(got)}"
+
+        await self.each_direction(check)
+
+    async def test_send_batch_consumes_its_list(self) -> None:
+        async def check(sender: Transport, receiver: Transport) -> None:
+            batch = [b"one", b"two", b"three"]
+            await self.bounded(sender.send_batch(batch), "send_batch()")
+            assert batch == [], f"send_batch() left {batch!r} in its list"
+            assert await self.receive_batches(receiver, 3) == [b"one", b"two", b"three"]
+            empty: list[bytes] = []
+            await self.bounded(sender.send_batch(empty), "send_batch([])")
+
+        await self.each_direction(check)
+
+    async def test_send_batch_after_close_raises_and_keeps_its_frames(self) -> None:
+        async def check(own: Transport, peer: Transport) -> None:
+            await self.bounded(own.close(), "close()")
+            batch = [b"late", b"later"]
+            await self.expect_closed(lambda: own.send_batch(batch), "send_batch() after close()")
+            assert batch == [b"late", b"later"], "frames not sent were removed from the list"
+
+        await self.each_direction(check)
+
+    async def test_receive_batch_after_peer_close_raises(self) -> None:
+        frames = [f"before the end {i}".encode() for i in range(10)]
+
+        async def check(closer: Transport, other: Transport) -> None:
+            await self.send_batch_frames(closer, frames)
+            await self.bounded(closer.close(), "close()")
+            received: list[bytes] = []
+
+            async def drain() -> None:
+                while True:
+                    batch = await other.receive_batch()
+                    assert batch, "receive_batch() returned an empty list"
+                    received.extend(batch)
+
+            await self._expect_closed_soon(drain)
+            assert received == frames[: len(received)], f"not an in-order prefix: {received}"
+            await self.expect_closed(other.receive_batch, "receive_batch() after the end")
 
         await self.each_direction(check)
 

@@ -5,8 +5,20 @@ A :class:`Transport` is one ordered, message-framed link to one peer: one ``send
 peers and hands out one Transport per peer. Channels only ever speak to these two ABCs.
 
 The contract is deliberately narrow (httpcore's ``AsyncNetworkStream`` is the model): five
-operations -- ``open``, ``send``, ``receive``, ``close`` and the ``closed`` property -- and
-three facts about the link, fixed once it is open, that only the transport can know:
+operations -- ``open``, ``send``, ``receive``, ``close`` and the ``closed`` property -- two
+batch forms of the middle two, and three facts about the link, fixed once it is open, that
+only the transport can know.
+
+The batch forms are what the channel's hot path uses: ``receive_batch()`` waits for one frame
+and returns it with every other frame already queued, and ``send_batch(frames)`` sends a list
+of frames in order, consuming the list (what is left when it raises was not sent, starting
+with the frame that failed). One wake-up of the channel then decodes, dispatches and answers
+everything that arrived together. Both have defaults built on ``receive`` and ``send``, so a
+transport that implements only the five operations keeps working; a transport that can do
+better (the ZeroMQ one drains every queued frame after one poll and sends a batch with
+non-blocking calls and one pump kick; the memory one moves a whole inbox) overrides them.
+
+The facts:
 
 - ``peer_identity``: the peer's public key (``ed25519:...``) that the transport's handshake
   *proved*, or None. On a server end the session's ``transport`` scheme maps it to an identity,
@@ -104,6 +116,33 @@ class Transport(ABC):
     @abstractmethod
     async def receive(self) -> bytes:
         """Receive the next frame. Raises TransportClosed once the link has ended."""
+
+    async def receive_batch(self) -> list[bytes]:
+        """Wait for the next frame; return it with every frame already queued behind it, in
+        order (never an empty list). Raises TransportClosed once the link has ended and no
+        frame is left.
+
+        The default returns ``[await self.receive()]``: correct for any transport, but a
+        transport that holds frames in a queue should hand the whole queue over at once.
+        """
+        return [await self.receive()]
+
+    async def send_batch(self, frames: list[bytes]) -> None:
+        """Send every frame of ``frames`` in order, each as exactly one ``receive`` at the
+        peer, as ``send`` would one by one.
+
+        The list is consumed: frames that went out are removed from its front. When a frame
+        cannot be sent the error is raised as ``send`` raises it (QueueFull, TransportClosed,
+        TransportError) and ``frames`` still holds that frame and every one after it, none
+        of them sent. The default calls ``send`` for each frame.
+        """
+        sent = 0
+        try:
+            for frame in frames:
+                await self.send(frame)
+                sent += 1
+        finally:
+            del frames[:sent]
 
     @abstractmethod
     async def close(self) -> None:

@@ -175,12 +175,29 @@ class Inbox:
             if self._error is not None:
                 # A fresh copy each time: re-raising one instance keeps growing its traceback.
                 raise copy_error(self._error)
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                self._waiters.remove(waiter)
+            await self._wait()
+
+    async def get_batch(self) -> list[bytes]:
+        """The next frame and every frame queued behind it (one wake-up for a whole drain)."""
+        while True:
+            frames = self._frames
+            if frames:
+                batch = list(frames)
+                frames.clear()
+                if self._on_take is not None:
+                    self._on_take()
+                return batch
+            if self._error is not None:
+                raise copy_error(self._error)
+            await self._wait()
+
+    async def _wait(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)
 
 
 def copy_error(error: BaseException) -> BaseException:

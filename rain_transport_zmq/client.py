@@ -395,6 +395,41 @@ class ZmqTransport(Transport):
             raise TypeError(f"send() takes bytes, got {type(data).__name__}")
         await self._send_parts([data])
 
+    async def receive_batch(self) -> list[bytes]:
+        """The next frame and every frame queued behind it. Raises like :meth:`receive`."""
+        if self._state == "new":
+            await self.open()
+        return await self._inbox.get_batch()
+
+    async def send_batch(self, frames: list[bytes]) -> None:
+        """Send every frame in order: non-blocking sends while there is room, one pump kick;
+        when the queue is full, wait for room as :meth:`send` does. Raises like :meth:`send`,
+        leaving in ``frames`` the frame that failed and those after it."""
+        if self._state != "open":
+            if self._state == "closed":
+                raise self._error()
+            await self.open()
+        sent = 0
+        try:
+            sock = self._sock
+            for data in frames:
+                if not isinstance(data, bytes | bytearray | memoryview):
+                    raise TypeError(f"send_batch() takes bytes, got {type(data).__name__}")
+                if sock is None or self._state == "closed":
+                    raise self._error()
+                try:
+                    sock.send(data, zmq.NOBLOCK, copy=len(data) < ZERO_COPY_FROM)
+                except zmq.Again:
+                    await self._send_parts([data])  # waits for room, or raises QueueFull
+                    sock = self._sock
+                except zmq.ZMQError as exc:
+                    raise TransportError(f"sending to {self.endpoint} failed: {exc}") from None
+                sent += 1
+        finally:
+            del frames[:sent]
+            if self._data_pump is not None:
+                self._data_pump.kick()  # the sends may have consumed the FD's edge
+
     async def _send_parts(self, parts: list[bytes | bytearray | memoryview]) -> None:
         # The common case (room in the queue) costs one non-blocking send and no timer.
         if self._try_send(parts):

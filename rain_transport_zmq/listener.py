@@ -19,6 +19,10 @@ Invariants:
   are reused, so pending monitor events are applied before a new peer is bound to one.
 - **Nothing is dropped silently on send.** ROUTER_MANDATORY and non-blocking sends: a full peer
   raises QueueFull, a gone one :class:`PeerGone` (QueueFull and TransportClosed).
+- **Batches cost one wake-up.** One pump callback drains every queued message of every peer
+  into their inboxes (up to ``receive_batch`` a turn); a peer's ``receive_batch`` hands its
+  whole inbox over at once, and ``send_batch`` sends a channel's replies with non-blocking
+  sends and kicks the pump once, after the last.
 - **A peer told ``bye`` leaves, or is made to.** A ROUTER cannot drop one connection, so the
   listener asks the client to (``bye``: session over, key revoked, receive buffer overrun) and
   starts a ``bye_timeout`` timer. If the connection is still open then, the listener shuts its
@@ -151,6 +155,25 @@ class ZmqPeerTransport(Transport):
     async def receive(self) -> bytes:
         """The next frame from this peer. Raises TransportClosed once the link has ended."""
         return await self.inbox.get()
+
+    async def receive_batch(self) -> list[bytes]:
+        """Every frame the last drain queued for this peer (at least one)."""
+        return await self.inbox.get_batch()
+
+    async def send_batch(self, frames: list[bytes]) -> None:
+        """Send every frame without waiting, then kick the pump once. Raises like ``send``,
+        leaving in ``frames`` the one that failed and those after it."""
+        sent = 0
+        send_to = self._listener._send_to
+        try:
+            for data in frames:
+                if not isinstance(data, bytes | bytearray | memoryview):
+                    raise TypeError(f"send_batch() takes bytes, got {type(data).__name__}")
+                send_to(self, data, kick=False)
+                sent += 1
+        finally:
+            del frames[:sent]
+            self._listener._kick_router()
 
     async def close(self) -> None:
         """Close this peer's link (the client is asked to disconnect). Idempotent."""
@@ -619,7 +642,15 @@ class ZmqTransportListener(TransportListener):
 
     # -------------------------------------------------------------------------- send path
 
-    def _send_to(self, peer: ZmqPeerTransport, data: bytes | bytearray | memoryview) -> None:
+    def _kick_router(self) -> None:
+        if self._router_pump is not None:
+            self._router_pump.kick()  # a send may have consumed the FD's edge
+
+    def _send_to(
+        self, peer: ZmqPeerTransport, data: bytes | bytearray | memoryview, *, kick: bool = True
+    ) -> None:
+        """Send one frame to ``peer`` now. With ``kick`` False the caller kicks the router pump
+        itself once it is done sending (a batch costs one kick, not one per frame)."""
         router = self._router
         if peer.closed or router is None:
             raise TransportClosed("link to this peer is closed")
@@ -639,7 +670,7 @@ class ZmqTransportListener(TransportListener):
                 ) from None
             raise TransportError(f"sending to a peer failed: {exc}") from None
         finally:
-            if self._router_pump is not None:
+            if kick and self._router_pump is not None:
                 self._router_pump.kick()  # the send may have consumed the FD's edge
 
     def _end_peer(self, peer: ZmqPeerTransport, error: TransportError, *, bye: bool) -> None:

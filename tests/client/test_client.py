@@ -313,6 +313,7 @@ async def test_a_response_timeout_is_not_done(station: Station) -> None:
         assert client.channel is not None
         # A channel that never sends: the request gets no answer.
         client.channel.transport.send = _never  # type: ignore[method-assign]
+        client.channel.transport.send_batch = _never_batch  # type: ignore[method-assign]
         with pytest.raises(ResponseTimeout):
             await client.get("/params/temp", timeout=0.2)
         await client.channel.close()  # no polite finish over a link that sends nothing
@@ -320,3 +321,7 @@ async def test_a_response_timeout_is_not_done(station: Station) -> None:
 
 async def _never(data: bytes) -> None:
     return None
+
+
+async def _never_batch(frames: list[bytes]) -> None:
+    frames.clear()  # "sent": nothing will arrive

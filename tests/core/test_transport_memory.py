@@ -53,6 +53,40 @@ class TestMemoryTransportEndpoint(TransportConformance):
                 yield client, server
 
 
+class _FiveOperations(Transport):
+    """A transport written before the batch forms: only the five operations, so the contract's
+    default ``receive_batch`` and ``send_batch`` are the ones checked."""
+
+    def __init__(self, inner: Transport) -> None:
+        self._inner = inner
+
+    async def send(self, data: bytes) -> None:
+        await self._inner.send(data)
+
+    async def receive(self) -> bytes:
+        return await self._inner.receive()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+
+class TestDefaultBatchForms(TransportConformance):
+    """The defaults built on ``send`` and ``receive`` keep the batch promises."""
+
+    @asynccontextmanager
+    async def pair(self) -> AsyncIterator[tuple[Transport, Transport]]:
+        client, server = memory_transport_pair()
+        try:
+            yield _FiveOperations(client), _FiveOperations(server)
+        finally:
+            await client.close()
+            await server.close()
+
+
 # ------------------------------------------------------------------------------ memory-only
 
 
@@ -79,6 +113,26 @@ async def test_a_full_peer_queue_refuses_the_frame() -> None:
     await client.send(b"3")
     async with asyncio.timeout(5):
         assert [await server.receive(), await server.receive()] == [b"2", b"3"]
+
+
+async def test_receive_batch_takes_the_whole_inbox_up_to_the_end() -> None:
+    client, server = memory_transport_pair()
+    await client.send_batch([b"one", b"two", b"three"])
+    await client.close()
+    async with asyncio.timeout(5):
+        assert await server.receive_batch() == [b"one", b"two", b"three"]
+        with pytest.raises(TransportClosed):
+            await server.receive_batch()
+
+
+async def test_a_full_peer_queue_stops_a_batch_at_the_frame_that_did_not_fit() -> None:
+    client, server = memory_transport_pair(max_queue=2)
+    batch = [b"1", b"2", b"3", b"4"]
+    with pytest.raises(QueueFull):
+        await client.send_batch(batch)
+    assert batch == [b"3", b"4"]
+    async with asyncio.timeout(5):
+        assert await server.receive_batch() == [b"1", b"2"]
 
 
 async def test_send_refuses_non_bytes() -> None:
