@@ -891,7 +891,8 @@ class ClientProtocol(_Protocol):
         ))
 
     def _fail_session(self, reason: Reason) -> None:
-        # Only the server changes session state; a client that gives up closes the link.
+        # Only the server may send `failed`; a client that gives up fails its own view (the
+        # machine's rule for a local failure) and its shell closes the link.
         self.failure = reason
-        self.machine.phase = Phase.FAILED
+        self.machine.process_error()
 

@@ -223,6 +223,18 @@ class SessionMachine:
         """Record that the peer sent ``envelope``. Raises RemoteProtocolError (code 15)."""
         self._advance(self.role.peer, step_of(envelope))
 
+    def process_error(self) -> None:
+        """Record that our side gave up on the session with no step on the wire (as h11's
+        ``process_error``): every live phase leads to :attr:`Phase.FAILED`; a phase that has
+        ended stays where it is (nothing leaves a terminal phase).
+
+        This is how a client fails: only the server may send ``failed``, so a client that finds
+        the server broke the protocol fails its own view and closes the link. The rule lives
+        here, beside the table, so the protocol never sets a phase itself.
+        """
+        if not self.terminal:
+            self.phase = Phase.FAILED
+
     def send_step(self, step: Step) -> None:
         self._advance(self.role, step)
 

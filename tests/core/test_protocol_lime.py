@@ -34,6 +34,7 @@ from rain_envelopes.protocol import (
     RequestFailed,
     ServerProtocol,
 )
+from rain_envelopes.session import Phase
 
 from .helpers import CLIENT, SERVER, Link, decode_frame, deliver
 
@@ -348,3 +349,24 @@ def test_a_readable_response_is_an_envelope_event_not_a_failure() -> None:
 def _gzip(data: bytes) -> bytes:
     compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
     return compressor.compress(data) + compressor.flush()
+
+
+# ------------------------------------------------------------------------------ client failure
+
+
+def test_a_client_that_gives_up_fails_through_the_machine() -> None:
+    # Only the server may send `failed`: a client refusing the server's bytes before
+    # establishment fails its own view through SessionMachine.process_error, sends nothing,
+    # and keeps the reason.
+    server = ServerProtocol(node=SERVER_NODE, authenticator=None, compression_options=(NONE,))
+    client = ClientProtocol(node="alice@irf/lab")
+    client.start()
+    server.receive_data(client.data_to_send()[0])
+    server.data_to_send()
+    frame = deliver(SERVER, b"not json", client)
+    assert isinstance(frame.error, EnvelopeDecodeError)
+    assert client.machine.phase is Phase.FAILED
+    assert client.closed
+    assert client.failure is not None
+    assert client.failure.code == frame.error.code
+    assert client.data_to_send() == []

@@ -184,3 +184,15 @@ def test_diagram_is_drawn_from_the_table() -> None:
             source_name = phase.value.replace(" ", "_")
             target_name = target.value.replace(" ", "_")
             assert f"{source_name} --> {target_name}:" in diagram
+
+
+@pytest.mark.parametrize("role", list(Role))
+@pytest.mark.parametrize("phase", list(Phase))
+def test_process_error_fails_every_live_phase_and_leaves_an_ended_one(
+    role: Role, phase: Phase
+) -> None:
+    # A local failure (a client that gives up cannot send `failed`) is the machine's rule too,
+    # outside the table because no envelope carries it.
+    machine = _machine(role, phase)
+    machine.process_error()
+    assert machine.phase is (phase if phase in (Phase.FINISHED, Phase.FAILED) else Phase.FAILED)
