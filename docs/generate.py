@@ -14,10 +14,12 @@ A generated section sits between two marker comments in a Markdown file::
 Sections and their sources:
 
 - ``diagram``: the session state diagram, from ``rain_envelopes.session.mermaid_diagram()``;
-- ``transitions``: every row of ``rain_envelopes.session.TRANSITIONS``, grouped by phase;
-- ``reason-codes``: ``rain_envelopes.envelopes.ReasonCode``, with the prose in
-  :data:`REASON_NOTES` below (a code with no note, or a note with no code, is an error, so a new
-  code cannot reach the docs undocumented);
+- ``transitions``: every row of ``rain_envelopes.session.TRANSITIONS``, grouped by phase, with
+  the ``#:`` comment of each ``Phase`` member;
+- ``reason-codes``: ``rain_envelopes.envelopes.ReasonCode``, with the prose of each member's
+  ``#:`` comment in the source (what it means in LIME, then ``In RAIN:`` when RAIN sends it; a
+  code with no comment is an error, so a new code cannot reach the docs undocumented);
+- ``enums``: the envelope enums, their values and each member's ``#:`` comment;
 - ``server-api``: ``rain_envelopes.server.__all__``, grouped by :data:`SERVER_API_GROUPS`;
 - ``config-keys``: every key the config loader accepts (its own key lists), with the prose in
   :data:`CONFIG_NOTES` (checked both ways, like the reason codes) and defaults read from the
@@ -34,6 +36,7 @@ import re
 import sys
 import zlib
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -83,135 +86,38 @@ _BLOCK = re.compile(
     re.DOTALL,
 )
 
-#: For each reason code: (what it means in LIME, when RAIN itself sends or raises it).
-REASON_NOTES: dict[str, tuple[str, str]] = {
-    "GENERAL_ERROR": (
-        "General error.",
-        "Default code of a `RemoteProtocolError` raised without one; a channel whose reader "
-        "fails internally ends with it.",
-    ),
-    "SESSION_ERROR": (
-        "Session error: invalid session id, establishment failed, server shutting down.",
-        "A session id that does not match, a first server session envelope with no id, a frame "
-        "after the session ended, an undecodable keypair challenge, a failed link, a peer "
-        "that stopped answering pings.",
-    ),
-    "SESSION_REGISTRATION_ERROR": (
-        "Session registration error: the node already has a session.",
-        "`NodeRegistry.register` when the same `name@domain/instance` is already connected.",
-    ),
-    "SESSION_AUTHENTICATION_FAILED": (
-        "Authentication failed.",
-        "Unknown key, bad or replayed signature, guest not enabled, transport key not "
-        "authorised, no scheme available; also an unknown `scheme` value on decode. The "
-        "client raises `AuthenticationFailed`.",
-    ),
-    "SESSION_UNREGISTER_FAILED": ("Unregister failed.", "Not sent by RAIN."),
-    "SESSION_INVALID_ACTION_FOR_STATE": (
-        "Action not valid for the session state.",
-        "Any received envelope the transition table does not allow (`RemoteProtocolError`); "
-        "also an unknown `state` value on decode.",
-    ),
-    "SESSION_NEGOTIATION_TIMEOUT": (
-        "Negotiation timeout.",
-        "A `ServerChannel` whose client did not establish in time fails the session with it.",
-    ),
-    "SESSION_NEGOTIATION_INVALID_OPTIONS": (
-        "Negotiation: option not offered.",
-        "A compression, encryption or scheme that was not offered; an echo that differs from "
-        "the client's choice; nothing offered that the client can use; an unknown "
-        "`compression` or `encryption` value on decode.",
-    ),
-    "VALIDATION_ERROR": (
-        "Validation: general.",
-        "Default code of `EnvelopeDecodeError`: not JSON, wrong top-level type, wrong field "
-        "type, nesting too deep, size over the limit, a bad gzip frame.",
-    ),
-    "VALIDATION_EMPTY_DOCUMENT": ("Validation: empty document.", "Empty input to `decode`."),
-    "VALIDATION_INVALID_RESOURCE": (
-        "Validation: invalid resource.",
-        "A command with `resource` but no `type`.",
-    ),
-    "VALIDATION_INVALID_STATUS": (
-        "Validation: invalid status.",
-        "An unknown command `status` on decode.",
-    ),
-    "VALIDATION_INVALID_IDENTITY": (
-        "Validation: invalid identity.",
-        "A `from`, `to` or `pp` that is not a valid node address.",
-    ),
-    "VALIDATION_INVALID_RECIPIENTS": ("Validation: invalid recipients.", "Not sent by RAIN."),
-    "VALIDATION_INVALID_METHOD": (
-        "Validation: invalid method or URI.",
-        "An unknown command `method`, or a request with no `uri`.",
-    ),
-    "AUTHORIZATION_ERROR": ("Authorisation: general.", "Not sent by the protocol core."),
-    "AUTHORIZATION_UNAUTHORIZED_SENDER": (
-        "Authorisation: unauthorised sender.",
-        "Server access rules: the identity is not mentioned by any rule.",
-    ),
-    "AUTHORIZATION_DESTINATION_NOT_FOUND": (
-        "Authorisation: destination account not found.",
-        "Not sent by RAIN.",
-    ),
-    "AUTHORIZATION_QUOTA_EXCEEDED": (
-        "Authorisation: quota exceeded.",
-        "Server: a session asked for more subscriptions than `limits.max_subscriptions`.",
-    ),
-    "AUTHORIZATION_PERMISSION_REQUIRED": (
-        "Authorisation: permission required.",
-        "Server access rules: the identity may not use this method on this URI.",
-    ),
-    "ROUTING_ERROR": ("Routing: general.", "Not sent by RAIN (it does not relay)."),
-    "ROUTING_DESTINATION_NOT_FOUND": ("Routing: destination not found.", "Not sent by RAIN."),
-    "ROUTING_GATEWAY_NOT_FOUND": ("Routing: gateway not found.", "Not sent by RAIN."),
-    "ROUTING_ROUTE_NOT_FOUND": ("Routing: route not found.", "Not sent by RAIN."),
-    "DISPATCH_ERROR": ("Dispatch error.", "Not sent by RAIN."),
-    "COMMAND_PROCESSING_ERROR": (
-        "Command: processing error.",
-        "Default code of a server `ParameterError` raised by plugin code.",
-    ),
-    "COMMAND_RESOURCE_NOT_SUPPORTED": (
-        "Command: resource not supported.",
-        "A channel with no `on_command` handler answers every command request with it.",
-    ),
-    "COMMAND_METHOD_NOT_SUPPORTED": (
-        "Command: method not supported.",
-        "Server: a method the resource does not declare.",
-    ),
-    "COMMAND_INVALID_ARGUMENT": (
-        "Command: invalid argument.",
-        "Server: a value refused by the parameter's JSON schema or setter (`InvalidValue`).",
-    ),
-    "COMMAND_NOT_ALLOWED": (
-        "Command: not allowed.",
-        "Server: a method the parameter does not allow (such as `set` on a read-only one), or "
-        "plugin code raising `NotAllowed`.",
-    ),
-    "COMMAND_RESOURCE_NOT_FOUND": (
-        "Command: resource not found.",
-        "Server: an unknown parameter or path.",
-    ),
-    "MESSAGE_UNSUPPORTED_CONTENT_TYPE": (
-        "Message: unsupported content type.",
-        "Not sent by the protocol core.",
-    ),
-    "APPLICATION_ERROR": (
-        "Application error.",
-        "A command handler raised (the command is answered with it); a message handler raised "
-        "(the `failed` receipt carries it); a plugin raised.",
-    ),
-    "COMMAND_EXPIRED": (
-        "RAIN: the command expired before it could be applied.",
-        "Server: a command whose `metadata[\"#expires\"]` (UTC ISO-8601) has passed is refused "
-        "without being applied.",
-    ),
-    "QUEUE_OVERFLOW": (
-        "RAIN: a bounded queue overflowed.",
-        "Reserved; not sent in this release. Updates dropped from a full subscription queue "
-        "are reported in the next sample's `dropped` field instead.",
-    ),
-}
+def member_comments(enum: type[Enum]) -> dict[str, list[str]]:
+    """The ``#:`` comment lines just above each member of ``enum``, read from its source: the
+    prose lives next to the value it explains, and a member without one has no entry."""
+    import inspect
+
+    comments: dict[str, list[str]] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(enum).splitlines()[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+            continue
+        member = re.match(r"([A-Z][A-Z0-9_]*)\s*=", stripped)
+        if member and pending:
+            comments[member[1]] = pending
+        pending = []
+    return comments
+
+
+def _documented(enum: type[Enum]) -> dict[str, list[str]]:
+    """:func:`member_comments`, refusing an enum with an undocumented member."""
+    # The source is reStructuredText (``code``); the pages are Markdown (`code`).
+    comments = {
+        name: [line.replace("``", "`") for line in lines]
+        for name, lines in member_comments(enum).items()
+    }
+    missing = [member.name for member in enum if member.name not in comments]
+    if missing:
+        raise ValueError(
+            f"docs/generate.py: {enum.__name__} members without a #: comment: {missing}"
+        )
+    return comments
 
 
 # ------------------------------------------------------------------------------ sections
@@ -235,33 +141,36 @@ def transitions() -> str:
             f"{', '.join(steps)} → {target.value}" for target, steps in by_target.items()
         )
 
+    meanings = _documented(Phase)
     lines = [
-        "| phase | public state | the client may send | the server may send |",
-        "|---|---|---|---|",
+        "| phase | public state | what it means | the client may send | the server may send |",
+        "|---|---|---|---|---|",
     ]
     for phase in Phase:
         lines.append(
-            f"| {phase.value} | `{PHASE_STATE[phase].value}` "
+            f"| {phase.value} | `{PHASE_STATE[phase].value}` | {' '.join(meanings[phase.name])} "
             f"| {moves(phase, Role.CLIENT)} | {moves(phase, Role.SERVER)} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def _reason_note(lines: list[str]) -> tuple[str, str]:
+    """(what the code means in LIME, when RAIN sends or raises it) from a member's comment."""
+    for index, line in enumerate(lines):
+        if line.startswith("In RAIN:"):
+            when = [line.removeprefix("In RAIN:").strip(), *lines[index + 1:]]
+            return " ".join(lines[:index]), " ".join(when)
+    raise ValueError(f"docs/generate.py: a ReasonCode comment has no 'In RAIN:' part: {lines}")
+
+
 def reason_codes() -> str:
-    members = {member.name for member in ReasonCode}
-    missing = sorted(members - REASON_NOTES.keys())
-    extra = sorted(REASON_NOTES.keys() - members)
-    if missing or extra:
-        raise ValueError(
-            "docs/generate.py: REASON_NOTES is out of step with ReasonCode: "
-            f"codes without a note {missing}, notes without a code {extra}"
-        )
+    comments = _documented(ReasonCode)
     lines = [
         "| code | `ReasonCode` | meaning | RAIN sends or raises it when |",
         "|---:|---|---|---|",
     ]
     for member in ReasonCode:
-        meaning, when = REASON_NOTES[member.name]
+        meaning, when = _reason_note(comments[member.name])
         lines.append(f"| {member.value} | `{member.name}` | {meaning} | {when} |")
     return "\n".join(lines) + "\n"
 
@@ -319,6 +228,14 @@ def enums() -> str:
     for field, enum in rows:
         values = ", ".join(f"`{member.value}`" for member in enum)
         lines.append(f"| {field} | `{enum.__name__}` | {values} |")
+    lines += ["", "What each value means:", "", "| Python enum | value | meaning |",
+              "|---|---|---|"]
+    for _, enum in rows:
+        comments = _documented(enum)
+        for member in enum:
+            lines.append(
+                f"| `{enum.__name__}` | `{member.value}` | {' '.join(comments[member.name])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -440,7 +357,8 @@ def _signature(obj: Any, name: str) -> str:
         return name
     parameters = []
     for parameter in signature.parameters.values():
-        if parameter.name in ("self", "cls"):
+        # Private parameters (Command's trusted-path ``_parsed``) are not part of the API.
+        if parameter.name in ("self", "cls") or parameter.name.startswith("_"):
             continue
         changes: dict[str, Any] = {}
         if parameter.annotation is not inspect.Parameter.empty:

@@ -16,6 +16,32 @@ Limits, on purpose (RELIABILITY.md §11):
 Duplicate keys in one object are not an error: the last one wins, as in every JSON parser we
 interoperate with.
 
+Theory of operation
+-------------------
+Decoding is two stages with a clean split of duties. The *codec's* duties are the JSON: the size
+and depth limits, integers beyond 64 bits, telling the kind from the keys, the JSON type of each
+field (``$.uri: expected string, got integer``), enum values read with the envelopes' own parser
+(:func:`rain_envelopes.envelopes.enum_member`), node addresses, unknown keys kept as extras, and
+one rule that belongs to the wire rather than to the envelope: a command request carries an id
+(only ``observe`` may go without; a channel gives one to a request built in Python). The
+*envelope's* duties are every rule about values (a non-empty ``uri``, a request needs a
+``uri``, a resource needs its media type, a failure needs a reason): the decoders hand the typed
+values to the constructors and report whatever rule breaks, with the key and code the rule
+names (:class:`rain_envelopes.envelopes.WireFault`). So the codec never restates a rule, and a
+constructor and ``decode`` cannot disagree about what is valid (tests/codec/test_rules_agree.py).
+
+A command of plain fields with canonical values (nearly every frame of a running session) takes
+a fast path: exact type screening in a few dict lookups, then the constructor's trusted path
+(``_parsed=True``), which skips the type checks just made and still runs the rules. Without a
+resource, such a command holds only strings, so the depth and long-integer scans of the bytes
+are skipped too. Anything the fast path does not take goes to the full reader, which builds the
+same envelope or names the fault (tests/codec/test_fast_path.py).
+
+Encoding is the mirror: a Command without extras is written by a direct field-by-field builder
+(enum members go to orjson as they are), every other envelope through :func:`to_json_object`.
+What a peer's ``decode`` would refuse (NaN, too deep, an integer beyond 64 bits, a lone
+surrogate) is refused here, so RAIN never sends what it would not accept.
+
 Pure protocol core: no asyncio, no zmq.
 """
 
@@ -43,6 +69,8 @@ from .envelopes import (
     SessionCompression,
     SessionEncryption,
     SessionState,
+    enum_member,
+    wire_fault,
 )
 from .errors import EnvelopeDecodeError, EnvelopeValidationError
 from .node import Node
@@ -150,10 +178,41 @@ def encode(envelope: Envelope) -> bytes:
     JSON-like, NaN or Infinity, an integer beyond 64 bits, a string with a lone surrogate), or
     when ``extras`` would shadow a field and so change the envelope.
     """
-    if envelope.extras:
-        _check_extras(envelope)
-    obj = to_json_object(envelope)
+    if envelope.__class__ is Command and envelope.extras is None:
+        obj = _command_object(envelope)
+    else:
+        if envelope.extras:
+            _check_extras(envelope)
+        obj = to_json_object(envelope)
     return _dumps(obj, MAX_DEPTH, "envelope")
+
+
+def _command_object(command: Command) -> dict[str, Any]:
+    """to_json_object for the commonest envelope, without the dispatch. The enum members go in
+    as they are: orjson writes an enum as its value, and reading ``.value`` costs a call."""
+    out: dict[str, Any] = {}
+    if command.id is not None:
+        out["id"] = command.id
+    if command.from_ is not None:
+        out["from"] = str(command.from_)
+    if command.to is not None:
+        out["to"] = str(command.to)
+    if command.pp is not None:
+        out["pp"] = str(command.pp)
+    out["method"] = command.method
+    if command.uri is not None:
+        out["uri"] = command.uri
+    if command.type is not None:
+        out["type"] = command.type
+    if command.resource is not None:
+        out["resource"] = command.resource
+    if command.status is not None:
+        out["status"] = command.status
+    if command.reason is not None:
+        out["reason"] = _reason_json(command.reason)
+    if command.metadata is not None:
+        out["metadata"] = dict(command.metadata)
+    return out
 
 
 def check_value(value: Any) -> None:
@@ -228,9 +287,8 @@ class _Reader:
     def fail(self, key: str, message: str, code: int = 21) -> EnvelopeDecodeError:
         return _error(f"{self.path}.{key}: {message}", self.obj, self.envelope_id, self.kind, code)
 
-    def string(
-        self, key: str, *, required: bool = False, non_empty: bool = False
-    ) -> str | None:
+    def string(self, key: str, *, required: bool = False) -> str | None:
+        """A JSON string or None. Whether it may be empty is the envelope's rule, not ours."""
         value = self.obj.get(key)
         if value is None:
             if required:
@@ -238,8 +296,6 @@ class _Reader:
             return None
         if not isinstance(value, str):
             raise self.fail(key, f"expected string, got {_type_name(value)}")
-        if not value and (required or non_empty):
-            raise self.fail(key, "must not be empty")
         return value
 
     def node(self, key: str) -> Node | None:
@@ -256,15 +312,15 @@ class _Reader:
         text = self.string(key, required=required)
         if text is None:
             return None
-        try:
-            # ASCII-only case folding: "\u212aey" (Kelvin sign) must not read as "key".
-            if not text.isascii():
-                raise ValueError(text)
-            return enum(text.lower())
-        except ValueError:
+        # The constructors' own parser (ASCII-only folding), so both accept the same values.
+        member = enum_member(enum, text)
+        if member is None:
+            if not text:
+                raise self.fail(key, "must not be empty", code)
             allowed = ", ".join(member.value for member in enum)
             message = f"unknown value {text!r} (expected one of {allowed})"
-            raise self.fail(key, message, code) from None
+            raise self.fail(key, message, code)
+        return member
 
     def enum_list(self, key: str, enum: type[Any]) -> tuple[Any, ...] | None:
         values = self.obj.get(key)
@@ -276,12 +332,10 @@ class _Reader:
         for index, value in enumerate(values):
             if not isinstance(value, str):
                 raise self.fail(f"{key}[{index}]", f"expected string, got {_type_name(value)}")
-            try:
-                if not value.isascii():
-                    raise ValueError(value)
-                out.append(enum(value.lower()))
-            except ValueError:
-                raise self.fail(f"{key}[{index}]", f"unknown value {value!r}") from None
+            member = enum_member(enum, value)
+            if member is None:
+                raise self.fail(f"{key}[{index}]", f"unknown value {value!r}")
+            out.append(member)
         return tuple(out)
 
     def obj_field(self, key: str) -> dict[str, Any] | None:
@@ -326,12 +380,17 @@ class _Reader:
 
     def common(self) -> dict[str, Any]:
         return {
-            "id": self.string("id", non_empty=True),
+            "id": self.string("id"),
             "from_": self.node("from"),
             "to": self.node("to"),
             "pp": self.node("pp"),
             "metadata": self.metadata(),
         }
+
+
+# Each decoder reads the JSON values into the Python types the envelope holds (paths and codes
+# for a wrong type or an unknown enum value are ours) and leaves every rule about the values to
+# the envelope's constructor: the WireFault of its error names the key and code to report (decode).
 
 
 def _decode_message(r: _Reader) -> Message:
@@ -344,40 +403,38 @@ def _decode_message(r: _Reader) -> Message:
 
 def _decode_notification(r: _Reader) -> Notification:
     event = r.enum("event", NotificationEvent, required=True)
-    reason = r.reason()
-    if event is NotificationEvent.FAILED and reason is None:
-        raise r.fail("reason", "required when event is failed")
-    return Notification(event, reason, extras=r.extras(_KIND_KEYS[Notification]), **r.common())
+    return Notification(
+        event, r.reason(), extras=r.extras(_KIND_KEYS[Notification]), **r.common()
+    )
 
 
 def _decode_command(r: _Reader) -> Command:
     method = r.enum("method", CommandMethod, required=True, code=27)
     status = r.enum("status", CommandStatus, code=24)
-    uri = r.string("uri", non_empty=True)
-    resource = r.obj.get("resource")
-    media_type = r.string("type", non_empty=True)
-    if status is None and uri is None:
-        raise r.fail("uri", "required in a command request", code=27)
-    if status is None and method is not CommandMethod.OBSERVE and r.obj.get("id") is None:
+    command = Command(
+        method, r.string("uri"), type=r.string("type"), resource=r.obj.get("resource"),
+        status=status, reason=r.reason(), extras=r.extras(_KIND_KEYS[Command]), **r.common(),
+        _parsed=True,  # every field read above has its type: the constructor checks the rules
+    )
+    if _lacks_wire_id(command):
         raise r.fail("id", "required in a command request (only observe may omit it)")
-    if resource is not None and media_type is None:
-        raise r.fail("type", "required when resource is present", code=23)
-    reason = r.reason()
-    if status is CommandStatus.FAILURE and reason is None:
-        raise r.fail("reason", "required when status is failure")
-    return Command(
-        method, uri, type=media_type, resource=resource, status=status, reason=reason,
-        extras=r.extras(_KIND_KEYS[Command]), **r.common(),
+    return command
+
+
+def _lacks_wire_id(command: Command) -> bool:
+    """LIME's rule of the wire, not of the envelope (a request built in Python gets its id from
+    the channel that sends it): a request on the wire has an id, except ``observe``, which is
+    never answered."""
+    return (
+        command.id is None
+        and command.status is None
+        and command.method is not CommandMethod.OBSERVE
     )
 
 
 def _decode_session(r: _Reader) -> Session:
-    state = r.enum("state", SessionState, required=True, code=15)
-    reason = r.reason()
-    if state is SessionState.FAILED and reason is None:
-        raise r.fail("reason", "required when state is failed")
     return Session(
-        state,
+        r.enum("state", SessionState, required=True, code=15),
         encryption_options=r.enum_list("encryptionOptions", SessionEncryption),
         encryption=r.enum("encryption", SessionEncryption, code=17),
         compression_options=r.enum_list("compressionOptions", SessionCompression),
@@ -385,22 +442,20 @@ def _decode_session(r: _Reader) -> Session:
         scheme_options=r.enum_list("schemeOptions", AuthenticationScheme),
         scheme=r.enum("scheme", AuthenticationScheme, code=13),
         authentication=r.obj_field("authentication"),
-        reason=reason,
+        reason=r.reason(),
         extras=r.extras(_KIND_KEYS[Session]),
         **r.common(),
     )
 
 
 # Fast path for the commonest envelope on the wire: a command made only of plain fields with
-# canonical (lower-case) enum values. Anything else, valid or not, takes the full reader below,
-# which produces the same envelope or the precise error. Fields are checked here as strictly as
-# the reader and Command.__post_init__ would, so the trusted construction builds nothing the
-# slow path would refuse.
+# canonical (lower-case) enum values. It screens types exactly (what orjson made of each key)
+# and builds through the constructor's trusted path, so the envelope rules run as on the slow
+# path. Anything it does not take, valid or not, goes to the full reader, which produces the
+# same envelope or the precise error (tests/codec/test_fast_path.py holds it to that).
 _FAST_COMMAND_KEYS = frozenset({"id", "method", "uri", "type", "resource", "status"})
 _METHOD_BY_VALUE = {member.value: member for member in CommandMethod}
-_STATUS_BY_VALUE = {
-    member.value: member for member in CommandStatus if member is not CommandStatus.FAILURE
-}
+_STATUS_BY_VALUE = {member.value: member for member in CommandStatus}
 
 
 def _fast_command(obj: dict[str, Any]) -> Command | None:
@@ -414,7 +469,6 @@ def _fast_command(obj: dict[str, Any]) -> Command | None:
     envelope_id = obj.get("id")
     uri = obj.get("uri")
     media_type = obj.get("type")
-    resource = obj.get("resource")
     raw_status = obj.get("status")
     status = None
     if raw_status is not None:
@@ -422,19 +476,19 @@ def _fast_command(obj: dict[str, Any]) -> Command | None:
         if status is None:
             return None
     if (
-        (envelope_id is not None and (type(envelope_id) is not str or not envelope_id))
-        or (uri is not None and (type(uri) is not str or not uri))
-        or (media_type is not None and (type(media_type) is not str or not media_type))
-        or (resource is not None and media_type is None)
+        (envelope_id is not None and type(envelope_id) is not str)
+        or (uri is not None and type(uri) is not str)
+        or (media_type is not None and type(media_type) is not str)
     ):
         return None
-    if status is None and (
-        uri is None or (envelope_id is None and method is not CommandMethod.OBSERVE)
-    ):
-        return None
-    return Command._unchecked(
-        method, uri, id=envelope_id, type=media_type, resource=resource, status=status
-    )
+    try:
+        command = Command(
+            method, uri, id=envelope_id, type=media_type, resource=obj.get("resource"),
+            status=status, _parsed=True,
+        )
+    except EnvelopeValidationError:
+        return None  # the full reader reports it, with its path
+    return None if _lacks_wire_id(command) else command
 
 
 _KINDS: tuple[tuple[str, str, Callable[[_Reader], Envelope]], ...] = (
@@ -507,15 +561,18 @@ def decode(
         raise EnvelopeDecodeError(f"$: not valid JSON: {exc}", code=code) from None
     if not isinstance(obj, dict):
         raise EnvelopeDecodeError(f"$: expected object, got {_type_name(obj)}")
+    fast = None
+    if "method" in obj and "content" not in obj and "event" not in obj:
+        fast = _fast_command(obj)
+        # Without a resource every value the fast path took is a string: one level deep, no
+        # number to check, so the scans below have nothing to find.
+        if fast is not None and fast.resource is None:
+            return fast
     # Both checks are C-speed scans of the bytes; the tree is walked only when it could be deep.
     too_deep = _may_be_deep(raw, max_depth) and _too_deep(obj, max_depth)
     long_digits = _LONG_DIGITS.search(raw) is not None
-    if not too_deep and not long_digits and "method" in obj and (
-        "content" not in obj and "event" not in obj
-    ):
-        fast = _fast_command(obj)
-        if fast is not None:
-            return fast
+    if fast is not None and not too_deep and not long_digits:
+        return fast
     raw_id = obj.get("id")
     envelope_id = raw_id if isinstance(raw_id, str) and raw_id else None
     kind_key = next((entry for entry in _KINDS if entry[0] in obj), None)
@@ -533,7 +590,10 @@ def decode(
     try:
         envelope = decoder(reader)
     except EnvelopeValidationError as exc:
-        raise _error(f"$: {exc}", obj, envelope_id, kind) from None
+        fault = wire_fault(exc)
+        if fault is None:
+            raise _error(f"$: {exc}", obj, envelope_id, kind) from None
+        raise _error(f"$.{fault.key}: {fault.detail}", obj, envelope_id, kind, fault.code) from None
     if long_digits:  # after the fields, so a field's own error keeps its path
         _check_integer_range(raw, obj, envelope_id, kind)
     return envelope

@@ -57,43 +57,78 @@ __all__ = [
 
 
 class Role(Enum):
+    """Which end of the session a machine tracks; the table's steps name their sender."""
+
+    #: The side that opens the session, asks for each change of state and is authenticated.
     CLIENT = "client"
+    #: The side that answers: it offers options, decides, and alone changes the session state.
     SERVER = "server"
 
     @property
     def peer(self) -> Role:
+        """The other end."""
         return Role.SERVER if self is Role.CLIENT else Role.CLIENT
 
 
 class Phase(Enum):
+    """A session state refined by whose turn it is: the rows of :data:`TRANSITIONS`.
+
+    Both ends walk through the same phases (one ordered link), so one value names the same
+    moment on either side. The ``#:`` comments are read into ``docs/explanation/session.md``.
+    """
+
+    #: Nothing sent yet; only the client's ``new`` (or the server's ``failed``) may come.
     START = "start"
+    #: The client sent a plain ``new``; the server answers with its first stage.
     NEW_SENT = "new sent"
+    #: The client sent ``new`` with a proposal (the RAIN shortcut); the server may take all of
+    #: it, ask for a keypair signature, or answer as to a plain ``new``.
     PROPOSAL_SENT = "proposal sent"
+    #: The server offered compression and encryption options; the client must choose.
     NEGOTIATION_OFFERED = "negotiation offered"
+    #: The client chose; the server must echo the choice.
     NEGOTIATION_CHOSEN = "negotiation chosen"
+    #: Both sides switched to the agreed options; the server moves on to authentication.
     NEGOTIATED = "negotiated"
+    #: The server offered schemes (or a challenge); the client must answer with credentials.
     AUTHENTICATION_OFFERED = "authentication offered"
+    #: The client answered; the server sends another round or its verdict.
     AUTHENTICATION_ANSWERED = "authentication answered"
+    #: Messages, notifications and commands flow both ways.
     ESTABLISHED = "established"
+    #: The client asked to finish; only the server may still send, to deliver what was in
+    #: flight.
     FINISHING = "finishing"
+    #: Terminal: the server ended the session normally.
     FINISHED = "finished"
+    #: Terminal: the server ended the session on an error.
     FAILED = "failed"
 
 
 class Step(StrEnum):
     """What an envelope is, for the table: a session state, or the kind of a non-session one."""
 
+    #: A plain ``new``: the client opens the session.
     NEW = "new"
     #: ``new`` carrying a proposal (:data:`PROPOSAL_KEY`): the RAIN shortcut.
     PROPOSE = "new+proposal"
+    #: An offer of options (server), a choice (client) or its echo (server).
     NEGOTIATING = "negotiating"
+    #: An offer of schemes or a challenge (server), or credentials (client).
     AUTHENTICATING = "authenticating"
+    #: The server's verdict: the session is open.
     ESTABLISHED = "established"
+    #: The client asks to end the session.
     FINISHING = "finishing"
+    #: The server ends the session normally.
     FINISHED = "finished"
+    #: The server ends the session on an error (allowed at any time, even before ``new``).
     FAILED = "failed"
+    #: Any Message (traffic: legal once established).
     MESSAGE = "message"
+    #: Any Notification (traffic).
     NOTIFICATION = "notification"
+    #: Any Command, request or response (traffic).
     COMMAND = "command"
 
 
@@ -113,6 +148,7 @@ PHASE_STATE: dict[Phase, SessionState] = {
     Phase.FAILED: SessionState.FAILED,
 }
 
+#: The phases nothing leaves: the link may close once one is reached.
 TERMINAL = frozenset({Phase.FINISHED, Phase.FAILED})
 
 #: The extension field of a ``new`` that carries a proposal. A codec that does not know it keeps
@@ -120,6 +156,8 @@ TERMINAL = frozenset({Phase.FINISHED, Phase.FAILED})
 PROPOSAL_KEY = "rainProposal"
 
 C, S = Role.CLIENT, Role.SERVER
+# Envelopes that are not session envelopes: legal only once established, and never changing the
+# phase (they are traffic inside the session, not steps of it).
 _TRAFFIC = (Step.MESSAGE, Step.NOTIFICATION, Step.COMMAND)
 
 
@@ -186,7 +224,13 @@ def step_of(envelope: Envelope) -> Step:
 
 
 class SessionMachine:
-    """Tracks one side's view of a session and refuses every step the table does not allow."""
+    """Tracks one side's view of a session and refuses every step the table does not allow.
+
+    The machine knows nothing of bytes, ids or credentials: the protocol object
+    (:mod:`rain_envelopes.protocol`) decodes, decides what to answer, and tells the machine each
+    envelope it sends (:meth:`send`) or receives (:meth:`receive`) *before* acting on it, so an
+    illegal step is refused before it has any effect.
+    """
 
     __slots__ = ("phase", "role")
 
@@ -196,10 +240,12 @@ class SessionMachine:
 
     @property
     def state(self) -> SessionState:
+        """The public session state of the current phase."""
         return PHASE_STATE[self.phase]
 
     @property
     def terminal(self) -> bool:
+        """True once the session has finished or failed."""
         return self.phase in TERMINAL
 
     def _advance(self, sender: Role, step: Step) -> None:
@@ -236,13 +282,16 @@ class SessionMachine:
             self.phase = Phase.FAILED
 
     def send_step(self, step: Step) -> None:
+        """Record that we take ``step`` without an envelope at hand (as :meth:`send`)."""
         self._advance(self.role, step)
 
     def receive_step(self, step: Step) -> None:
+        """Record that the peer took ``step`` without an envelope at hand (as :meth:`receive`)."""
         self._advance(self.role.peer, step)
 
 
 def _name(phase: Phase) -> str:
+    # Mermaid state names cannot hold spaces.
     return phase.value.replace(" ", "_")
 
 

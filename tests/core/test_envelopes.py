@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from rain_envelopes import (
+    AuthenticationScheme,
     Command,
     CommandMethod,
     CommandStatus,
@@ -120,10 +121,60 @@ def test_bad_nodes_are_refused(bad: str) -> None:
         Node.parse(bad)
 
 
-def test_the_unchecked_constructor_sets_every_field() -> None:
-    # The hot path builds Commands without validation; a field added to Command but not to
-    # _unchecked would be left unset (AttributeError on a slotted class).
-    command = Command._unchecked(CommandMethod.GET, "/x", id="1")
+def _all_fields(command: Command) -> None:
+    # Commands fill their slots by hand (no dataclass __init__); a field added to Command but
+    # not to the filling would be left unset, an AttributeError on a slotted class.
     for field in dataclasses.fields(Command):
         getattr(command, field.name)
-    assert command == Command("get", "/x", id="1")
+    assert type(command) is Command
+
+
+def test_every_way_of_building_a_command_sets_every_field() -> None:
+    request = Command("get", "/x", id="1", from_="alice@irf", metadata={"k": "v"})
+    parsed = Command(CommandMethod.GET, "/x", id="1", _parsed=True)
+    for command in (request, parsed, request.success(1), request.failure(64),
+                    dataclasses.replace(request, uri="/y")):
+        _all_fields(command)
+    assert parsed == Command("get", "/x", id="1")
+    assert request.success(1).to == Node.parse("alice@irf")
+
+
+def test_the_trusted_path_still_applies_the_rules() -> None:
+    # _parsed skips only the type checks and enum parsing the codec did; value rules still run.
+    with pytest.raises(EnvelopeValidationError, match="uri"):
+        Command(CommandMethod.GET, None, _parsed=True)
+    with pytest.raises(EnvelopeValidationError, match="empty"):
+        Command(CommandMethod.GET, "", _parsed=True)
+    with pytest.raises(EnvelopeValidationError, match="media type"):
+        Command(CommandMethod.SET, "/x", resource=1, _parsed=True)
+    with pytest.raises(EnvelopeValidationError, match="reason"):
+        Command(CommandMethod.GET, "/x", status=CommandStatus.FAILURE, _parsed=True)
+
+
+def test_a_subclass_of_command_is_filled_the_general_way() -> None:
+    class Tagged(Command):
+        __slots__ = ("tag",)
+
+    command = Tagged("get", "/x", id="1")
+    assert type(command) is Tagged
+    assert (command.method, command.uri, command.id) == (CommandMethod.GET, "/x", "1")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        command.uri = "/y"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        # Full-Unicode lower-casing reads the Kelvin sign (U+212A) as "k"; LIME values are ASCII.
+        (lambda: Session("authenticating", scheme="\u212aEY"), "scheme"),
+        (lambda: Command("\u212aet", "/x"), "method"),  # not "set"... nor anything else
+        (lambda: Session("new", compression_options=["gz\u0130p"]), "compressionOptions"),
+    ],
+)
+def test_enum_values_fold_ascii_only(build: object, field: str) -> None:
+    with pytest.raises(EnvelopeValidationError, match=field):
+        build()  # type: ignore[operator]
+
+
+def test_enum_values_in_any_ascii_case_are_read() -> None:
+    assert Session("NeW", scheme="KeyPair").scheme is AuthenticationScheme.KEYPAIR
