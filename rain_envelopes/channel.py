@@ -328,6 +328,26 @@ class Channel:
         self._protocol.send(envelope)
         await self._flush()
 
+    async def send_encoded(self, envelope: Envelope, data: bytes) -> None:
+        """Send ``envelope`` as ``data``, its encoding made once for many sessions (a published
+        sample goes to every subscriber as the same bytes).
+
+        The session state is checked as :meth:`send` checks it, and it raises as :meth:`send`
+        does. ``data`` must be ``encode(envelope)``; a session that compresses encodes
+        ``envelope`` itself.
+        """
+        if self.closed:
+            raise ChannelClosed("the channel has ended")
+        protocol = self._protocol
+        if protocol.compression is not SessionCompression.NONE:
+            protocol.send(envelope)
+        else:
+            protocol.machine.send(envelope)  # LocalProtocolError when the state forbids it
+            queued = protocol.data_to_send()
+            queued.append(data)
+            protocol.requeue(queued)  # behind whatever was queued before it
+        await self._flush()
+
     async def send_message(self, message: Message) -> None:
         """Send a message. With an ``id`` the peer answers with receipts (``on_notification``)."""
         await self.send(message)

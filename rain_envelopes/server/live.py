@@ -12,7 +12,18 @@ Runs on the server's event loop. Invariants:
   a call that outlives ``plugin_timeout`` answers the client with 101 (the thread cannot be
   killed; its result still becomes a sample when it arrives);
 - a plugin exception is logged here once, with its traceback, and reaches the client as a
-  ParameterError with a one-line description and no traceback.
+  ParameterError with a one-line description and no traceback;
+- publications from plugin threads coalesce: a thread's publication is handed to the loop in a
+  one-value slot, and at most one loop callback per parameter is pending. A publication that
+  finds the slot still full replaces the value in it (the newer value wins) and the replaced
+  one is counted in ``coalesced``. So a thread publishing as fast as it can costs the loop one
+  callback per loop turn, not one per publication, and other requests wait a loop turn at
+  most, never behind a backlog; subscribers see the newest values with no ``seq`` gap, as
+  the replaced values never became samples.
+
+Every sample is offered to every subscription; the subscriptions share :attr:`observes`, so
+each sample is encoded once per distinct subscriber URI (see
+:mod:`rain_envelopes.server.subscriptions`).
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from ..errors import EnvelopeValidationError
 from .errors import ParameterError
 from .parameters import Func, Parameter
 from .samples import Sample, format_timestamp, utc_now
-from .subscriptions import Subscription
+from .subscriptions import ObserveCache, Subscription
 
 __all__ = ["LiveParameter", "PluginRuntime"]
 
@@ -83,6 +94,13 @@ class LiveParameter:
         self.seq = 0
         self.last: Sample | None = None
         self.subscriptions: set[Subscription] = set()
+        #: The observe of the newest sample per subscriber URI, shared by the subscriptions.
+        self.observes = ObserveCache()
+        #: Thread publications replaced by a newer one before the loop took them.
+        self.coalesced = 0
+        # The newest thread publication the loop has not taken yet, and its guard.
+        self._handoff: tuple[Any, datetime] | None = None
+        self._handoff_lock = threading.Lock()
         self._read_task: asyncio.Task[Sample] | None = None
         self._set_lock = asyncio.Lock()
         self._interval_changed = asyncio.Event()
@@ -133,10 +151,23 @@ class LiveParameter:
         if self.runtime.on_loop():
             self._publish_logged(value, timestamp)
             return
+        with self._handoff_lock:
+            pending = self._handoff is not None
+            if pending:
+                self.coalesced += 1  # the loop has not taken the previous one: replace it
+            self._handoff = (value, timestamp)
+        if pending:
+            return  # a callback is already on its way and will take this value
         try:
-            self.runtime.loop.call_soon_threadsafe(self._publish_logged, value, timestamp)
+            self.runtime.loop.call_soon_threadsafe(self._take_handoff)
         except RuntimeError:  # the loop has closed under a plugin thread: nobody to tell
             log.debug("publication of %s after the server stopped dropped", self.name)
+
+    def _take_handoff(self) -> None:
+        with self._handoff_lock:
+            handoff, self._handoff = self._handoff, None
+        if handoff is not None:
+            self._publish_logged(*handoff)
 
     def interval_changed(self) -> None:
         if self.runtime.on_loop():

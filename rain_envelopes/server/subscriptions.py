@@ -10,6 +10,15 @@ Invariants:
 - ``close()`` cancels the task; nothing of the subscription outlives it.
 
 Samples are offered from the event loop thread only (the server marshals plugin threads).
+
+Fan-out: a sample is encoded once, not once per subscriber. The ``observe`` for a sample differs
+between subscriptions only by its ``uri`` (the subscriber's URI as written) and by ``dropped``
+(present only after a loss). The subscriptions of one parameter share an :class:`ObserveCache`,
+which builds the observe Command and its bytes once per distinct URI text for the newest
+sample; a subscription with something to report in ``dropped``, or behind on an older sample,
+builds its own. With a ``send_encoded`` function (the server passes the channel's) the shared
+bytes are queued as they are; without one (tests, other shells) the Command goes to ``send``.
+A subscription's task drains its whole queue on each wake-up.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import collections
 import logging
 from collections.abc import Awaitable, Callable
 
+from ..codec import encode
 from ..envelopes import Command, CommandMethod
 from ..errors import (
     ChannelClosed,
@@ -29,20 +39,59 @@ from ..errors import (
 )
 from .samples import SAMPLE_TYPE, Sample
 
-__all__ = ["Subscription"]
+__all__ = ["ObserveCache", "Subscription"]
 
 log = logging.getLogger("rain.server")
 
 SendFunction = Callable[[Command], Awaitable[None]]
+#: Sends a Command as bytes already encoded (Channel.send_encoded).
+SendEncodedFunction = Callable[[Command, bytes], Awaitable[None]]
 
 _BACKOFF_START = 0.01
 _BACKOFF_MAX = 1.0
 
 
+def _observe(uri: str, sample: Sample, dropped: int) -> Command:
+    return Command(
+        CommandMethod.OBSERVE, uri, type=SAMPLE_TYPE, resource=sample.document(dropped=dropped)
+    )
+
+
+class ObserveCache:
+    """The observe of the newest sample of one parameter, per URI text: built and encoded once
+    for all its subscribers (see the module docstring)."""
+
+    __slots__ = ("_by_uri", "_sample")
+
+    def __init__(self) -> None:
+        self._sample: Sample | None = None
+        self._by_uri: dict[str, tuple[Command, bytes]] = {}
+
+    def get(self, uri: str, sample: Sample) -> tuple[Command, bytes]:
+        """The observe of ``sample`` to ``uri`` (no ``dropped``), and its bytes."""
+        if sample is not self._sample:
+            self._sample = sample
+            self._by_uri = {}
+        found = self._by_uri.get(uri)
+        if found is None:
+            observe = _observe(uri, sample, 0)
+            found = self._by_uri[uri] = (observe, encode(observe))
+        return found
+
+
 class Subscription:
     """The subscription of one session to one parameter."""
 
-    def __init__(self, name: str, uri: str, send: SendFunction, *, maxlen: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        uri: str,
+        send: SendFunction,
+        *,
+        maxlen: int,
+        cache: ObserveCache | None = None,
+        send_encoded: SendEncodedFunction | None = None,
+    ) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
         self.name = name
@@ -50,6 +99,8 @@ class Subscription:
         self.uri = uri
         self.maxlen = maxlen
         self._send = send
+        self._send_encoded = send_encoded
+        self._cache = cache
         self._queue: collections.deque[Sample] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -95,14 +146,11 @@ class Subscription:
                 continue
             sample = self._queue.popleft()
             dropped, self.pending_drops = self.pending_drops, 0
-            observe = Command(
-                CommandMethod.OBSERVE,
-                self.uri,
-                type=SAMPLE_TYPE,
-                resource=sample.document(dropped=dropped),
-            )
             try:
-                await self._send(observe)
+                if self._send_encoded is not None and self._cache is not None and not dropped:
+                    await self._send_encoded(*self._cache.get(self.uri, sample))
+                else:
+                    await self._send(_observe(self.uri, sample, dropped))
             except (ChannelClosed, LocalProtocolError, TransportClosed) as exc:
                 # Before QueueFull: a peer that is gone may raise a QueueFull that is also
                 # TransportClosed, and retrying it would never end.
