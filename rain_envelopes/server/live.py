@@ -33,6 +33,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from datetime import datetime
@@ -157,7 +158,11 @@ class LiveParameter:
                 self.coalesced += 1  # the loop has not taken the previous one: replace it
             self._handoff = (value, timestamp)
         if pending:
-            return  # a callback is already on its way and will take this value
+            # A callback is already on its way and will take this value. The loop is behind:
+            # let it have the interpreter now rather than at the end of this thread's switch
+            # interval (a thread that never blocks would otherwise hold it for 5 ms a turn).
+            time.sleep(0)
+            return
         try:
             self.runtime.loop.call_soon_threadsafe(self._take_handoff)
         except RuntimeError:  # the loop has closed under a plugin thread: nobody to tell
