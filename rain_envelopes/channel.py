@@ -3,11 +3,22 @@
 One reader task per channel takes every queued frame in one call (``transport.receive_batch()``),
 feeds each to the protocol and dispatches what it reports, then flushes all the replies once
 (``send_batch``): command responses resolve the future registered under the request id
-(``pending`` is never final); ``observe`` commands go to subscription callbacks for their exact
-URI; ``get /ping`` is answered here and never reaches the application; other commands go to
-``on_command``, messages to ``on_message``, notifications to ``on_notification``. Callbacks may
-be plain functions or coroutine functions; their exceptions are logged, never fatal to the
-channel.
+(``pending`` is never final); a :class:`~rain_envelopes.protocol.RequestFailed` event fails it
+(a peer's ``failed`` notification about it, or a response that could not be read); ``observe``
+commands go to subscription callbacks for their exact URI; other commands go to ``on_command``,
+messages to ``on_message``, notifications to ``on_notification``. Callbacks may be plain
+functions or coroutine functions; their exceptions are logged, never fatal to the channel.
+
+The LIME rules are the protocol's, not the channel's: it answers ``get /ping`` (which never
+reaches the application), sends ``received`` receipts and decides which messages want receipts
+at all. The channel only tells it how a message handler ended.
+
+The message handler contract. ``on_message(message)`` returns anything (ignored) or an
+awaitable; when it returns, or its awaitable finishes, without raising, the channel reports the
+message consumed (``protocol.message_consumed``); when it raises, it is logged and the message
+is reported failed (``protocol.message_failed``: 101 "the message handler failed"). The
+protocol sends the ``consumed`` or ``failed`` receipt when the message wants receipts. With no
+``on_message`` a message gets only its ``received`` receipt.
 
 The command handler contract. ``on_command(command)`` returns the response (a Command, sent
 as is), None (no answer), or an awaitable of either; or it raises. A
@@ -22,7 +33,7 @@ of this channel have an ``on_command`` answer in the works (the handler returned
 that has not finished), every further request is refused at once, before the handler runs,
 with code 34 (AUTHORIZATION_QUOTA_EXCEEDED: the peer may try again once it has its answers).
 A request counts from the moment its handler returns an awaitable until that awaitable ends.
-Pings, responses and observes are handled by the channel itself and never count. The bound is
+Pings (answered by the protocol), responses and observes never count. The bound is
 here rather than in the server because this is where the tasks are made: any handler, not only
 the RAIN server's, is covered, and the refusal needs no cooperation from it. The number is
 policy: None (the default for a channel made by hand) means no bound; the RAIN server passes
@@ -57,7 +68,8 @@ left live never shows: it reads ``failed`` with a reason and ``finished`` withou
 Invariants:
 - every pending request is failed (ChannelClosed, or SessionFailed with the reason) when the
   session ends, and a timeout is raised in the caller's task, never in a callback;
-- receipts go only for messages that carry an id and were meant for us, to ``pp`` else ``from``;
+- receipts go only for messages that carry an id and were meant for us, to ``pp`` else ``from``
+  (the protocol's rule);
 - command ids are a per-channel random prefix plus a counter (cheap, unique per session);
 - frames leave in the order the protocol queued them: a flush sends the whole queue with one
   ``send_batch``, and a flush that comes while another waits for room waits behind it.
@@ -81,7 +93,6 @@ from .envelopes import (
     Envelope,
     Message,
     Notification,
-    NotificationEvent,
     Reason,
     ReasonCode,
     Session,
@@ -95,7 +106,6 @@ from .errors import (
     CommandFailed,
     CommandRefused,
     CommandTimeout,
-    EnvelopeDecodeError,
     EstablishTimeout,
     LocalProtocolError,
     QueueFull,
@@ -110,8 +120,11 @@ from .node import Node
 from .peerlog import PeerLog
 from .protocol import (
     DEFAULT_COMPRESSION_OPTIONS,
+    PING_MEDIA_TYPE,
+    PING_URI,
     ClientProtocol,
     NodeRegistry,
+    RequestFailed,
     ServerProtocol,
     _Protocol,
 )
@@ -126,9 +139,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("rain.channel")
-
-PING_URI = "/ping"
-PING_MEDIA_TYPE = "application/vnd.lime.ping+json"
 
 _T = TypeVar("_T")
 MessageHandler = Callable[[Message], object]
@@ -485,7 +495,6 @@ class Channel:
                             logging.WARNING, "bad-frame", self._peer_name(),
                             "%s: peer broke the protocol: %s", self, exc,
                         )
-                        self._fail_pending_on_bad_response(exc)
                         self._protocol.reply_to_error(exc)
                     self._dispatch_all()
                 await self._flush(on_full=self._reply_dropped)
@@ -523,26 +532,23 @@ class Channel:
         """Who is at the other end, for the peer log: the proven key, else the address."""
         return self.transport.peer_identity or self.transport.peer_address
 
-    def _fail_pending_on_bad_response(self, error: RemoteProtocolError) -> None:
-        # An unreadable response still ends the wait: the caller learns what arrived at once
-        # instead of a misleading CommandTimeout later.
-        if (
-            isinstance(error, EnvelopeDecodeError)
-            and error.is_response
-            and error.envelope_id is not None
-        ):
-            future = self._pending.get(error.envelope_id)
-            if future is not None and not future.done():
-                future.set_exception(error)
-
     def _dispatch_all(self) -> None:
-        for envelope in self._protocol.events_received():
-            if isinstance(envelope, Command):
-                self._dispatch_command(envelope)
-            elif isinstance(envelope, Message):
-                self._dispatch_message(envelope)
-            elif isinstance(envelope, Notification):
-                self._dispatch_notification(envelope)
+        for event in self._protocol.events_received():
+            if isinstance(event, Command):
+                self._dispatch_command(event)
+            elif isinstance(event, Message):
+                self._dispatch_message(event)
+            elif isinstance(event, Notification):
+                self._dispatch_notification(event)
+            elif isinstance(event, RequestFailed):
+                self._fail_request(event)
+
+    def _fail_request(self, event: RequestFailed) -> None:
+        # The protocol says the answer will not come: end the wait at once rather than leave
+        # it to time out. An id with nothing waiting (a receipt about a message) is ignored.
+        future = self._pending.get(event.id)
+        if future is not None and not future.done():
+            future.set_exception(event.error)
 
     def _dispatch_command(self, command: Command) -> None:
         if command.status is not None:
@@ -557,9 +563,6 @@ class Channel:
         if command.method is CommandMethod.OBSERVE:
             for callback in list(self._subscriptions.get(_normalise_uri(command.uri or ""), ())):
                 self._call(callback, command, "observe callback")
-            return
-        if command.method is CommandMethod.GET and command.uri == PING_URI:
-            self._reply(command.success({}, PING_MEDIA_TYPE))
             return
         handler = self.on_command
         if handler is None:
@@ -632,16 +635,9 @@ class Channel:
         except (LocalProtocolError, ChannelClosed, TransportError) as exc:
             log.debug("%s: could not send %s: %s", self, type(envelope).__name__, exc)
 
-    def _for_us(self, message: Message) -> bool:
-        to = message.to
-        if to is None or self.local_node is None:
-            return True
-        return to == self.local_node or (to.instance is None and to.same_identity(self.local_node))
-
     def _dispatch_message(self, message: Message) -> None:
-        wants_receipts = message.id is not None and self._for_us(message)
-        if wants_receipts:
-            self._reply(self._receipt(message, NotificationEvent.RECEIVED))
+        # The protocol has queued the `received` receipt; it sends `consumed` or `failed` when
+        # told how the handler ended (the handler contract in the module docstring).
         handler = self.on_message
         if handler is None:
             return
@@ -649,44 +645,33 @@ class Channel:
             result = handler(message)
         except Exception:
             log.exception("%s: message handler failed", self)
-            if wants_receipts:
-                self._reply(self._failed_receipt(message))
+            self._protocol.message_failed(message)
             return
         if inspect.isawaitable(result):
-            self._spawn(self._finish_message(message, result, wants_receipts))
-        elif wants_receipts:
-            self._reply(self._receipt(message, NotificationEvent.CONSUMED))
+            self._spawn(self._finish_message(message, result))
+        else:
+            self._protocol.message_consumed(message)
 
-    async def _finish_message(
-        self, message: Message, pending: Awaitable[Any], wants_receipts: bool
-    ) -> None:
+    async def _finish_message(self, message: Message, pending: Awaitable[Any]) -> None:
         try:
             await pending
         except Exception:
             log.exception("%s: message handler failed", self)
-            if wants_receipts:
-                await self._send_quietly(self._failed_receipt(message))
+            self._protocol.message_failed(message)
+        else:
+            self._protocol.message_consumed(message)
+        await self._flush_quietly()
+
+    async def _flush_quietly(self) -> None:
+        # For what a handler's task queued after the reader's flush: best effort, like a reply.
+        if self.closed:
             return
-        if wants_receipts:
-            await self._send_quietly(self._receipt(message, NotificationEvent.CONSUMED))
-
-    @staticmethod
-    def _receipt(message: Message, event: NotificationEvent) -> Notification:
-        return Notification(event, id=message.id, to=message.sender)
-
-    @staticmethod
-    def _failed_receipt(message: Message) -> Notification:
-        reason = Reason(ReasonCode.APPLICATION_ERROR, "the message handler failed")
-        return Notification(NotificationEvent.FAILED, reason, id=message.id, to=message.sender)
+        try:
+            await self._flush()
+        except TransportError as exc:
+            log.debug("%s: could not flush: %s", self, exc)
 
     def _dispatch_notification(self, notification: Notification) -> None:
-        # A failed notification about one of our requests (a peer that could not read it) ends
-        # the wait at once instead of leaving it to time out.
-        if notification.event is NotificationEvent.FAILED and notification.id in self._pending:
-            future = self._pending[notification.id]
-            if not future.done():
-                assert notification.reason is not None
-                future.set_exception(CommandFailed(notification.reason, notification))
         if self.on_notification is not None:
             self._call(self.on_notification, notification, "notification handler")
 

@@ -370,6 +370,24 @@ async def test_a_failed_notification_about_a_request_fails_it_at_once() -> None:
         assert caught.value.reason == Reason(21, "could not read it")
 
 
+async def test_an_unreadable_response_fails_its_request_at_once() -> None:
+    # The protocol reports the response it could not read as RequestFailed; the channel
+    # raises its EnvelopeDecodeError in the caller, well before the timeout.
+    async with channels() as (client, server):
+
+        async def garbled(command: Command) -> None:
+            assert command.id is not None
+            await server.transport.send(
+                b'{"id":"%s","method":"get","status":"bogus"}' % command.id.encode()
+            )
+
+        server.on_command = garbled
+        with pytest.raises(EnvelopeDecodeError) as caught:
+            await client.get("/x", timeout=STEP)
+        assert caught.value.is_response
+        assert not client.closed
+
+
 @pytest.mark.parametrize("end", ["finish", "fail"])
 async def test_pending_requests_fail_when_the_session_ends(end: str) -> None:
     async with channels() as (client, server):
