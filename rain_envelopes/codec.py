@@ -37,8 +37,9 @@ resource, such a command holds only strings, so the depth and long-integer scans
 are skipped too. Anything the fast path does not take goes to the full reader, which builds the
 same envelope or names the fault (tests/codec/test_fast_path.py).
 
-Encoding is the mirror: a Command without extras is written by a direct field-by-field builder
-(enum members go to orjson as they are), every other envelope through :func:`to_json_object`.
+Encoding is the mirror: one field-by-field builder lays out a Command (enum members go to
+orjson as they are); :func:`to_json_object` uses it for commands and lays out the other kinds,
+and a Command without extras skips even that dispatch.
 What a peer's ``decode`` would refuse (NaN, too deep, an integer beyond 64 bits, a lone
 surrogate) is refused here, so RAIN never sends what it would not accept.
 
@@ -113,7 +114,17 @@ def _reason_json(reason: Reason) -> dict[str, Any]:
 
 
 def to_json_object(envelope: Envelope) -> dict[str, Any]:
-    """The envelope as the JSON object it is on the wire (before serialisation)."""
+    """The envelope as the JSON object it is on the wire (before serialisation).
+
+    Enum fields are their StrEnum members, which equal (and serialise as) their wire values.
+    """
+    if isinstance(envelope, Command):
+        fields = _command_object(envelope)
+        if not envelope.extras:
+            return fields
+        merged = dict(envelope.extras)
+        merged.update(fields)
+        return merged
     out: dict[str, Any] = {}
     if envelope.extras:
         out.update(envelope.extras)
@@ -125,19 +136,7 @@ def to_json_object(envelope: Envelope) -> dict[str, Any]:
         out["to"] = str(envelope.to)
     if envelope.pp is not None:
         out["pp"] = str(envelope.pp)
-    if isinstance(envelope, Command):
-        out["method"] = envelope.method.value
-        if envelope.uri is not None:
-            out["uri"] = envelope.uri
-        if envelope.type is not None:
-            out["type"] = envelope.type
-        if envelope.resource is not None:
-            out["resource"] = envelope.resource
-        if envelope.status is not None:
-            out["status"] = envelope.status.value
-        if envelope.reason is not None:
-            out["reason"] = _reason_json(envelope.reason)
-    elif isinstance(envelope, Message):
+    if isinstance(envelope, Message):
         out["type"] = envelope.type
         out["content"] = envelope.content
     elif isinstance(envelope, Notification):
@@ -188,8 +187,9 @@ def encode(envelope: Envelope) -> bytes:
 
 
 def _command_object(command: Command) -> dict[str, Any]:
-    """to_json_object for the commonest envelope, without the dispatch. The enum members go in
-    as they are: orjson writes an enum as its value, and reading ``.value`` costs a call."""
+    """The wire object of a command (without extras): the one place that lays a command out,
+    also the encoder's fast path. The enum members go in as they are: orjson writes an enum as
+    its value, and reading ``.value`` costs a call."""
     out: dict[str, Any] = {}
     if command.id is not None:
         out["id"] = command.id
