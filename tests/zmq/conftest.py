@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import zmq
+import zmq.asyncio
 
 from rain_envelopes.keys import AuthorizedKeys, Identity
 
@@ -48,3 +50,13 @@ def keys_file(tmp_path: Path, client_identity: Identity) -> Path:
 @pytest.fixture
 def authorized_keys(keys_file: Path) -> AuthorizedKeys:
     return AuthorizedKeys.load(keys_file)
+
+
+@pytest.fixture
+async def zmq_context() -> AsyncIterator[zmq.asyncio.Context]:
+    """An asyncio zmq context of the test's own (raw attackers and clients), destroyed after."""
+    context = zmq.asyncio.Context()
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)
