@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import os
 import re
 import signal
 import socket
@@ -29,6 +28,7 @@ import pytest
 
 from rain_envelopes.transport import transport_factory
 from tests.faultproxy import FaultProxy
+from tests.serverprocess import ServerProcess, rain_env
 
 
 def _zmq_available() -> bool:
@@ -87,9 +87,7 @@ methods = ["set"]
 """
 
 
-def _env() -> dict[str, str]:
-    """This process's environment without RAIN_* variables, which would change what rain does."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("RAIN_")}
+_env = rain_env
 
 
 def rain(
@@ -139,41 +137,6 @@ def make_site(folder: Path) -> Site:
     (folder / "plugins" / "lab.py").write_text(PLUGIN)
     site.write_config()
     return site
-
-
-class ServerProcess:
-    """`rain serve CONFIG` in a subprocess; ``endpoint`` is read from its first line."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "rain_envelopes.cli", "serve", str(config)],
-            stdout=subprocess.PIPE, stderr=self._log_file, text=True, env=_env(),
-        )
-        assert self.process.stdout is not None
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            line = pool.submit(self.process.stdout.readline).result(timeout=15)
-        found = re.search(r"serving \S+ on (tcp://\S+)", line)
-        if found is None:
-            self.stop()
-            raise AssertionError(f"server did not start: {line!r}\n{log.read_text()}")
-        self.endpoint = found.group(1)
-        self.port = int(self.endpoint.rsplit(":", 1)[1])
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            code = self.process.wait(timeout=10)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait(5)
-            self._log_file.close()
-            if self.process.stdout is not None:
-                self.process.stdout.close()
-        return code
 
 
 class MonitorProcess:
