@@ -57,6 +57,10 @@ import orjson
 import zmq
 import zmq.auth.thread
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import KeyCheck, pipe_inbox, ratio
+
 from rain_envelopes.auth import ServerAuthenticator
 from rain_envelopes.channel import ClientChannel, ServerChannel, connect
 from rain_envelopes.codec import decode, encode, to_json_object
@@ -164,17 +168,6 @@ def _server_main(
 async def _serve(
     scenario: str, conn: Connection, client_key: bytes, profile_path: str | None
 ) -> None:
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def on_pipe() -> None:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            message = ("stop", None)
-            loop.remove_reader(conn.fileno())
-        commands.put_nowait(message)
-
     stop: Callable[[], Awaitable[None]]
     if scenario == "raw":
         endpoint, server_key, stop = await _start_raw_server(client_key)
@@ -184,7 +177,8 @@ async def _serve(
         endpoint, server_key, stop = await _start_rain_server(client_key)
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
-    loop.add_reader(conn.fileno(), on_pipe)
+    loop = asyncio.get_running_loop()
+    commands = pipe_inbox(conn)
     conn.send(("ready", (endpoint, server_key)))
     profiler: Profiler | None = None
     try:
@@ -213,16 +207,6 @@ async def _serve(
 # --------------------------------------------------------------------------- 1. raw pyzmq
 
 
-class _KeyCheck:
-    """pyzmq credentials provider: exactly one client key (Z85) may in."""
-
-    def __init__(self, allowed_z85: bytes) -> None:
-        self.allowed = allowed_z85
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        return key == self.allowed
-
-
 async def _start_raw_server(
     client_key: bytes,
 ) -> tuple[str, bytes, Callable[[], Awaitable[None]]]:
@@ -231,7 +215,7 @@ async def _start_raw_server(
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(1)
     authenticator = zmq.auth.thread.ThreadAuthenticator(ctx)
     authenticator.start()
-    authenticator.configure_curve_callback("*", _KeyCheck(client_key))
+    authenticator.configure_curve_callback("*", KeyCheck(client_key))
     public, secret = zmq.curve_keypair()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -678,10 +662,6 @@ def _fmt(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _ratio(ours: float, raw: float) -> str:
-    return f"{ours / raw:.2f}x" if raw else "n/a"
-
-
 def render(results: dict[str, Result], codec: list[tuple[str, float, float]],
            settings: Settings, wall: float) -> str:
     raw, channel, server = results["raw"], results["channel"], results["server"]
@@ -713,15 +693,15 @@ def render(results: dict[str, Result], codec: list[tuple[str, float, float]],
     for label, attribute, digits in rows:
         r, c, s = (getattr(x, attribute) for x in (raw, channel, server))
         lines.append(
-            f"{label:<46}{_fmt(r, digits):>12}{_fmt(c, digits):>12}{_ratio(c, r):>9}"
-            f"{_fmt(s, digits):>12}{_ratio(s, r):>9}"
+            f"{label:<46}{_fmt(r, digits):>12}{_fmt(c, digits):>12}{ratio(c, r):>9}"
+            f"{_fmt(s, digits):>12}{ratio(s, r):>9}"
         )
     title = "micro-benchmark (per call, best of 5 runs)"
     codec_header = f"{title:<46}{'ours':>12}{'orjson':>12}{'ratio':>9}"
     lines += ["", codec_header, "-" * len(codec_header)]
     for label, ours, baseline in codec:
         lines.append(
-            f"{label:<46}{_fmt(ours):>12}{_fmt(baseline):>12}{_ratio(ours, baseline):>9}"
+            f"{label:<46}{_fmt(ours):>12}{_fmt(baseline):>12}{ratio(ours, baseline):>9}"
         )
     lines += ["", f"total wall time {wall:.1f} s"]
     return "\n".join(lines)

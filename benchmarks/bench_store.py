@@ -49,6 +49,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import ratio
 from bench_roundtrip import (
     RawClient,
     _start_raw_server,
@@ -265,10 +266,6 @@ async def restore_cost(folder: Path, count: int) -> tuple[float, float]:
 # =========================================================================== report
 
 
-def _ratio(ours: float, raw: float) -> str:
-    return f"{ours / raw:.2f}x" if raw else "n/a"
-
-
 def render(results: dict[str, Result], commits: tuple[float, float],
            restore: tuple[float, float], settings: Settings, wall: float) -> str:
     rows = [
@@ -297,7 +294,7 @@ def render(results: dict[str, Result], commits: tuple[float, float],
         line = f"{label:<40}{base:>11,.{digits}f}"
         for name in SCENARIOS[1:]:
             value = getattr(results[name], attribute)
-            line += f"{value:>11,.{digits}f}{_ratio(value, base):>8}"
+            line += f"{value:>11,.{digits}f}{ratio(value, base):>8}"
         lines.append(line)
     lines += [
         "",

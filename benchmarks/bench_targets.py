@@ -51,6 +51,10 @@ import zmq
 import zmq.asyncio
 import zmq.auth.thread
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import KeyCheck, pipe_inbox, ratio
+
 from rain_envelopes.auth import ServerAuthenticator
 from rain_envelopes.channel import ClientChannel, connect
 from rain_envelopes.keys import AuthorizedKeys, Identity
@@ -214,7 +218,7 @@ class RawServer(Role):
         self.ctx.set(zmq.MAX_SOCKETS, 4096)
         self.auth = zmq.auth.thread.ThreadAuthenticator(self.ctx)
         self.auth.start()
-        self.auth.configure_curve_callback("*", _KeyCheck(self.client_key))
+        self.auth.configure_curve_callback("*", KeyCheck(self.client_key))
         public, secret = zmq.curve_keypair()
         router = self.ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
@@ -285,16 +289,6 @@ class RawServer(Role):
         self.router.close(linger=0)
         self.auth.stop()
         self.ctx.destroy(linger=0)
-
-
-class _KeyCheck:
-    """pyzmq credentials provider: exactly one client key (Z85) may in."""
-
-    def __init__(self, allowed_z85: bytes) -> None:
-        self.allowed = allowed_z85
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        return key == self.allowed
 
 
 class RainSubscribers(Role):
@@ -423,18 +417,8 @@ def _child_main(role: str, arguments: tuple[Any, ...], conn: Connection) -> None
 
 async def _child(role: Role, conn: Connection) -> None:
     loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def on_pipe() -> None:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            message = ("stop", None)
-            loop.remove_reader(conn.fileno())
-        inbox.put_nowait(message)
-
     conn.send(("ok", await role.start()))
-    loop.add_reader(conn.fileno(), on_pipe)
+    inbox = pipe_inbox(conn)
     profiler: Any = None
     try:
         for _ in range(10_000):  # a handful of verbs per run; bounded anyway
@@ -695,10 +679,6 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def _ratio(ours: float, raw: float) -> str:
-    return f"{ours / raw:.2f}x" if raw else "n/a"
-
-
 async def main_async(settings: Settings) -> list[str]:
     lines = [
         "RAIN targets benchmark: tcp://127.0.0.1, CURVE on, every server in a child process",
@@ -723,8 +703,8 @@ async def main_async(settings: Settings) -> list[str]:
                             for f in ("rate", "server_cpu_us", "client_cpu_us")))
             lines.append(
                 f"{f'observe to {sessions} session(s)':<34}{raw.rate:>12,.0f}{ours.rate:>12,.0f}"
-                f"{_ratio(ours.rate, raw.rate):>8}{raw.server_cpu_us:>13,.1f}"
-                f"{ours.server_cpu_us:>14,.1f}{_ratio(ours.server_cpu_us, raw.server_cpu_us):>8}"
+                f"{ratio(ours.rate, raw.rate):>8}{raw.server_cpu_us:>13,.1f}"
+                f"{ours.server_cpu_us:>14,.1f}{ratio(ours.server_cpu_us, raw.server_cpu_us):>8}"
                 f"{ours.client_cpu_us:>13,.1f}"
             )
         lines.append("(cpu/upd: process CPU in us per delivered update; sub: RAIN subscribers)")
@@ -754,7 +734,7 @@ async def main_async(settings: Settings) -> list[str]:
                              ("sessions established per second", "per_second")):
             r = _median([getattr(x, field) for x in raws])
             o = _median([getattr(x, field) for x in ours_runs])
-            lines.append(f"{label:<34}{r:>12,.1f}{o:>12,.1f}{_ratio(o, r):>8}")
+            lines.append(f"{label:<34}{r:>12,.1f}{o:>12,.1f}{ratio(o, r):>8}")
     return lines
 
 
