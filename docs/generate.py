@@ -780,8 +780,8 @@ CONFIG_NOTES: dict[str, tuple[str, ...]] = {
     ),
     "access.methods": (
         "list of strings",
-        "Methods granted: some of `get`, `set`, `subscribe`, `delete`, `merge`, or `[\"*\"]` "
-        "for all of them.",
+        "Methods granted: some of `get`, `set`, `subscribe`, `delete`, `merge`, `message` (to "
+        "`/nodes/<name@domain>`), or `[\"*\"]` for all of them.",
         "required",
     ),
 }

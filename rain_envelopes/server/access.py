@@ -2,11 +2,14 @@
 
 A rule names an identity glob (``alice@irf``, ``*@irf``, ``*``; case-insensitive), a URI glob on
 the request path (``/params/*``, ``/params/temperature``; case-sensitive) and the methods it
-grants (``get``, ``set``, ``delete``, ``merge``, ``subscribe``, or ``*`` for all). Rules only
-grant; a request is allowed when any rule matching its identity and path grants its method.
+grants (``get``, ``set``, ``delete``, ``merge``, ``subscribe``, ``message``, or ``*`` for all).
+Rules only grant; a request is allowed when any rule matching its identity and path grants its
+method. ``message`` is sending a message to another node with a session on the server, checked
+on the path ``/nodes/<name@domain>`` of the destination (routing.py).
 
 - With no rules at all (``AccessPolicy(None)``) every authenticated identity may do everything,
-  except guests (identity ``guest``), who may only ``get`` and ``subscribe``.
+  except guests (identity ``guest``), who may only ``get`` and ``subscribe`` (so a guest cannot
+  message other nodes).
 - ``unsubscribe`` is always allowed: it only releases the caller's own subscriptions.
 - Refusals: an identity no rule mentions gets 32 (unauthorised sender); an identity with rules
   that grant nothing here gets 35 (permission required).
@@ -28,7 +31,7 @@ from .errors import ParameterError
 
 __all__ = ["GRANTABLE_METHODS", "AccessPolicy", "AccessRule"]
 
-GRANTABLE_METHODS = frozenset({"get", "set", "delete", "merge", "subscribe"})
+GRANTABLE_METHODS = frozenset({"get", "set", "delete", "merge", "subscribe", "message"})
 _GUEST_DEFAULT = frozenset({"get", "subscribe"})
 
 

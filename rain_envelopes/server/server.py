@@ -77,6 +77,7 @@ from .params import ParamsResource
 from .pipeline import Handler, Request, RequestPipeline, ServedSession
 from .plugins import check_unique, load_plugins
 from .router import Router
+from .routing import Switchboard
 from .samples import new_epoch
 from .store import Durability, StateStore, StateStoreError, StoredValue
 
@@ -174,6 +175,8 @@ class Server:
         #: The same for the channels of this server's sessions (bad frames, replies dropped
         #: for a full peer queue, requests over the bound). Both are flushed by a timer.
         self.channel_log = PeerLog(logging.getLogger("rain.channel"))
+        #: Messages and receipts for other nodes with a session here (routing.py).
+        self.switchboard = Switchboard(self.node, lambda: self.access, self.peer_log)
         self._executor: ThreadPoolExecutor | None = None
         self._runtime: PluginRuntime | None = None
         self._started = False
@@ -471,7 +474,8 @@ class Server:
         channel.on_command = lambda command: pipeline.on_command(session, command)
         # A fault of the server itself (plugin faults are refusals with 101 by then).
         channel.handler_fault = _SERVER_FAULT
-        channel.on_message = lambda message: self.on_message(session, message)
+        channel.on_message = lambda message: self._on_message(session, message)
+        channel.on_notification = lambda note: self.switchboard.route_notification(session, note)
         self._establishing.add(channel)
         try:
             await channel.establish_session()
@@ -487,6 +491,7 @@ class Server:
         finally:
             self._establishing.discard(channel)
         self._sessions.add(session)
+        self.switchboard.attach(session)
         who = session.identity or peer
         self.peer_log.event(
             logging.INFO, "session-established", who, "session established: %s as %s (from %s)",
@@ -509,6 +514,7 @@ class Server:
             if live is not None:
                 live.subscriptions.discard(subscription)
         session.subscriptions.clear()
+        self.switchboard.detach(session)
         self._sessions.discard(session)
         session.ended.set()
 
@@ -581,6 +587,7 @@ class Server:
                 await listener.close()
             except Exception:
                 log.exception("closing listener %s failed", listener)
+        await self.switchboard.close()
         for task in list(self._tasks):
             if task is not current and not task.done():
                 task.cancel()
@@ -629,6 +636,13 @@ class Server:
             log.error("server task %s failed", task.get_name(), exc_info=task.exception())
 
     # ------------------------------------------------------------------ messages
+
+    def _on_message(self, session: ServedSession, message: Message) -> object:
+        # Addressed to another node with a session here: the switchboard passes it on (and the
+        # application never sees it); otherwise it is the server's own.
+        if self.switchboard.route_message(session, message):
+            return None
+        return self.on_message(session, message)
 
     def _log_message(self, session: ServedSession, message: Message) -> None:
         self.peer_log.event(
