@@ -36,10 +36,11 @@ parameter of the server's channel and protocol (``compression_options``), compre
 by the sans-I/O protocol, and nothing a transport carries changes the LIME rules.
 
 Transports are found by URI scheme through the ``rain_envelopes.transports`` entry-point group
-(``memory`` is built in; ``tcp`` and ``ipc`` come from ``rain_transport_zmq``), so this package
-never imports zmq. Each entry point names a :class:`TransportFactory`. The in-process memory
-transport lives in :mod:`rain_envelopes.memory`; its names are still importable from here for
-code written when it lived in this module.
+(``memory`` and ``rain``, a server found by name, are built in; ``tcp`` and ``ipc`` come
+from ``rain_transport_zmq``), so this package never imports zmq. Each entry point names a
+:class:`TransportFactory`. The in-process memory transport lives in
+:mod:`rain_envelopes.memory`; its names are still importable from here for code written when it
+lived in this module.
 """
 
 from __future__ import annotations
@@ -262,6 +263,12 @@ def transport_factory(endpoint: str) -> TransportFactory:
         from .memory import MEMORY
 
         return MEMORY
+    if scheme == "rain":
+        # rain://station@lab: a server found by name on the LAN (zeroconf, imported only when
+        # such a transport is made); built in like memory://.
+        from .discovery import DISCOVERY
+
+        return DISCOVERY
     found = entry_points(group="rain_envelopes.transports", name=scheme) if scheme else ()
     for entry in found:
         factory = entry.load()
