@@ -19,6 +19,10 @@ Example (every key but ``identity`` and ``listen`` is optional)::
     [logging]
     level = "INFO"
 
+    [discovery]                            # advertise on the LAN (off by default; needs
+    advertise = true                       # the discovery extra): rain discover, rain://
+    interfaces = ["192.168.1.20"]          # addresses to advertise on (default: all IPv4)
+
     [[access]]                             # no [[access]] at all: every authorised identity
     identity = "*@irf"                     # may do everything
     uri = "/params/*"
@@ -35,6 +39,7 @@ silently ignored is worse than a refusal to start.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import logging
 import tomllib
 from collections.abc import Mapping
@@ -48,7 +53,9 @@ from ..node import Node
 from ..transport import transport_factory
 from .access import AccessRule
 
-__all__ = ["Limits", "LoggingConfig", "ServerConfig", "load_config", "parse_config"]
+__all__ = [
+    "DiscoveryConfig", "Limits", "LoggingConfig", "ServerConfig", "load_config", "parse_config",
+]
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,18 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class DiscoveryConfig:
+    """Advertising the server on the local network (mDNS/DNS-SD, the ``discovery`` extra).
+
+    Off by default: an advertisement tells everyone on the network that an instrument is here,
+    its name and where it listens. It never grants anything: clients still pin the key."""
+
+    advertise: bool = False
+    #: IPv4 addresses to advertise on and announce; empty: every interface.
+    interfaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """A checked server configuration. Build with :func:`load_config` or directly."""
 
@@ -109,6 +128,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     transport: Mapping[str, Any] = field(default_factory=dict)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     #: The file this came from, when it came from one.
     source: Path | None = None
 
@@ -116,10 +136,12 @@ class ServerConfig:
 _TOP_KEYS = (
     "identity", "listen", "key_file", "authorized_keys", "allow", "plugins", "allow_guest",
     "insecure", "access", "state", "state_durability", "limits", "logging", "transport",
+    "discovery",
 )
 _DURABILITY = ("sync", "batch")
 _ACCESS_KEYS = ("identity", "uri", "methods")
 _LOGGING_KEYS = ("level", "file")
+_DISCOVERY_KEYS = ("advertise", "interfaces")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -204,6 +226,23 @@ def _logging(check: _Checker, raw: Mapping[str, Any]) -> LoggingConfig:
             raise check.fail("logging.level", f"expected one of {', '.join(_LEVELS)}")
     file = check.path(raw["file"], "logging.file") if "file" in raw else None
     return LoggingConfig(level=level, file=file)
+
+
+def _discovery(check: _Checker, raw: Mapping[str, Any]) -> DiscoveryConfig:
+    check.unknown(raw, _DISCOVERY_KEYS, "discovery.")
+    advertise = check.boolean(raw.get("advertise", False), "discovery.advertise")
+    interfaces = check.strings(raw.get("interfaces", []), "discovery.interfaces")
+    for index, text in enumerate(interfaces):
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            address = None
+        if address is None or address.version != 4:
+            raise check.fail(
+                f"discovery.interfaces[{index}]",
+                f"expected an IPv4 address of this host such as 192.168.1.20, got {text!r}",
+            )
+    return DiscoveryConfig(advertise=advertise, interfaces=interfaces)
 
 
 def _durability(check: _Checker, raw: Any) -> str:
@@ -296,6 +335,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: str = "config") 
         limits=_limits(check, check.table(raw.get("limits", {}), "limits")),
         logging=_logging(check, check.table(raw.get("logging", {}), "logging")),
         transport=dict(check.table(raw.get("transport", {}), "transport")),
+        discovery=_discovery(check, check.table(raw.get("discovery", {}), "discovery")),
         source=Path(source) if source != "config" else None,
     )
     if "state_durability" in raw and config.state is None:
