@@ -67,6 +67,7 @@ from .errors import (
 from .keys import AuthorizedKeys, Identity, KnownHosts
 from .node import Node
 from .protocol import ClientProtocol, NodeRegistry, ServerProtocol
+from .sync import BlockingClient
 from .transport import (
     ClientSecurity,
     ServerSecurity,
@@ -83,6 +84,7 @@ __all__ = [
     "AuthenticationScheme",
     "AuthorizedKeys",
     "Backoff",
+    "BlockingClient",
     "Channel",
     "ChannelClosed",
     "Client",

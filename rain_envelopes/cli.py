@@ -694,6 +694,69 @@ async def _cmd_monitor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------ discovery
+
+
+async def _cmd_discover(args: argparse.Namespace) -> int:
+    from .discovery import discover, format_table
+
+    servers = await discover(args.timeout, interfaces=args.interface)
+    if args.json:
+        _json_line([server.to_json() for server in servers])
+        return EXIT_OK
+    if not servers:
+        _note(f"no RAIN server answered within {args.timeout:g} s (servers advertise with"
+              " `rain serve --advertise`; multicast DNS does not cross routers)")
+        return EXIT_OK
+    hosts_file = args.known_hosts or os.environ.get("RAIN_KNOWN_HOSTS")
+    hosts = KnownHosts.load(hosts_file) if hosts_file else None
+    for line in format_table(servers, (lambda node: hosts.lookup(f"rain://{node}"))
+                             if hosts is not None else None):
+        _out(line)
+    return EXIT_OK
+
+
+class _Advertising:
+    """`rain serve --advertise` (or ``[discovery] advertise = true``): the server's
+    advertisement on the local network, started once it listens and withdrawn before it
+    closes (as the inner context of ``async with server, advertising``)."""
+
+    def __init__(self, wanted: bool, config: Any) -> None:
+        self.wanted = wanted
+        self.config = config
+        self.advertisement: Any = None
+        if wanted:
+            from .discovery import require
+
+            require()  # a missing extra is a setup error, found before plugin code runs
+
+    async def start(self, server: Any) -> None:
+        if not self.wanted:
+            return
+        from .discovery import Advertisement
+
+        identity = None if self.config.insecure else server.identity
+        advertisement = Advertisement(
+            server.node, server.endpoints, identity.public_key if identity else None,
+            self.config.discovery.interfaces or None,
+        )
+        try:
+            await advertisement.start()
+        except TransportError as exc:
+            raise CliError(f"cannot advertise: {exc}", EXIT_FAILED) from None
+        self.advertisement = advertisement
+        _note(f"advertising {server.node} on the local network ({advertisement.service}):"
+              f" {' '.join(advertisement.advertised)}, key fingerprint"
+              f" {advertisement.fingerprint or 'none (insecure)'}")
+
+    async def __aenter__(self) -> _Advertising:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.advertisement is not None:
+            await self.advertisement.close()
+
+
 # ------------------------------------------------------------------------------ keys
 
 
@@ -747,6 +810,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not config.listen:  # a config error: before any key is read or plugin code runs
         raise CliError(f"{args.config}: listen: expected at least one endpoint", EXIT_USAGE)
     configure_logging(config.logging, verbose=args.verbose)
+    wanted = config.discovery.advertise if args.advertise is None else args.advertise
+    advertising = _Advertising(wanted, config)  # checks the extra before any plugin runs
     server = Server.from_config(config)
 
     async def serve() -> int:
@@ -769,13 +834,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
         if hasattr(signal, "SIGHUP"):
             loop.add_signal_handler(signal.SIGHUP, reload)
-        async with server:
+        async with server, advertising:  # withdrawn (exits first), then the server closes
             try:
                 await server.listen()
             except TransportError as exc:
                 raise CliError(f"cannot serve: {exc}", EXIT_FAILED) from None
             except ConfigError as exc:  # e.g. a bad [transport] option
                 raise CliError(f"{args.config}: transport: {exc}", EXIT_USAGE) from None
+            await advertising.start(server)
             _out(f"rain: serving {server.node} on {' '.join(server.endpoints)}"
                  f" ({len(server.parameters)} parameters)")
             await stop.wait()
@@ -1020,6 +1086,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a RAIN server. SIGHUP re-reads the authorised keys and closes the"
                     " sessions of revoked keys; SIGINT/SIGTERM shut down cleanly.")
     serve.add_argument("config", metavar="CONFIG", help="the server's TOML config file")
+    serve.add_argument("--advertise", action=argparse.BooleanOptionalAction, default=None,
+                       help="advertise this server on the local network for `rain discover`"
+                            " and rain://NAME endpoints (default: [discovery] advertise in the"
+                            " config, else off; needs the discovery extra)")
+
+    discover = commands.add_parser(
+        "discover", help="list the servers advertised on the local network",
+        description="List the RAIN servers that answer on the local network (mDNS/DNS-SD;"
+                    " servers run with --advertise). Connect to one by name with"
+                    " rain://NAME@DOMAIN: its key must still be pinned (--server-key or a"
+                    " known-hosts line for rain://NAME@DOMAIN); discovery decides nothing.")
+    discover.add_argument("-t", "--timeout", type=_positive_seconds, default=2.0,
+                          metavar="SECONDS", help="listen for answers this long (default: 2)")
+    discover.add_argument("--interface", action="append", metavar="ADDRESS",
+                          help="an IPv4 address of this host to browse on, repeatable"
+                               " (default: $RAIN_DISCOVERY_INTERFACES, else every interface)")
+    discover.add_argument("--known-hosts", metavar="FILE",
+                          help="say which advertised keys match the keys pinned there for"
+                               " rain://NAME (default: $RAIN_KNOWN_HOSTS)")
+    discover.add_argument("--json", action="store_true", help="print one JSON array")
 
     get = commands.add_parser("get", help="read parameters",
                               description="Read the current value of each parameter.")
@@ -1078,6 +1164,7 @@ _ASYNC_COMMANDS: dict[str, CommandFunction] = {
     "ping": _cmd_ping,
     "monitor": _cmd_monitor,
     "demo": _cmd_demo,
+    "discover": _cmd_discover,
 }
 
 

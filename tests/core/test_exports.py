@@ -19,6 +19,8 @@ EXPECTED = {
     "TransportFactory", "ClientSecurity", "ServerSecurity", "transport_factory",
     # the reconnecting client
     "Client", "ClientState", "StateChange", "Backoff", "Update",
+    # the blocking API over it (rain_envelopes.sync)
+    "BlockingClient",
     # errors
     "RainError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
     "EnvelopeDecodeError", "EnvelopeValidationError", "SessionError", "SessionFailed",
