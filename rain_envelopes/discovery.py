@@ -49,7 +49,7 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +88,7 @@ __all__ = [
     "KeyMismatch",
     "ServerNotFound",
     "discover",
+    "format_table",
     "key_fingerprint",
     "require",
     "resolve",
@@ -175,6 +176,12 @@ def interfaces_from_env() -> list[str] | None:
     text = os.environ.get(INTERFACES_ENV, "")
     found = [item for item in text.replace(",", " ").split() if item]
     return _checked_interfaces(found, INTERFACES_ENV) if found else None
+
+
+def _chosen_interfaces(interfaces: Sequence[str] | None) -> list[str] | None:
+    if interfaces is None:
+        return interfaces_from_env()
+    return _checked_interfaces(interfaces, "interfaces") or None
 
 
 def _checked_interfaces(addresses: Iterable[str], where: str) -> list[str]:
@@ -371,7 +378,7 @@ async def discover(
     by node. ``interfaces``: IPv4 addresses to browse on (default: ``$RAIN_DISCOVERY_INTERFACES``,
     else every interface). Raises DiscoveryUnavailable without the extra, TransportError when
     multicast DNS cannot be used."""
-    chosen = interfaces if interfaces is not None else interfaces_from_env()
+    chosen = _chosen_interfaces(interfaces)
     async with Browser(chosen, request_timeout=min(timeout, 1.0)) as browser:
         deadline = asyncio.get_running_loop().time() + timeout
         while await browser.next_change(deadline) is not None:
@@ -397,7 +404,7 @@ async def resolve(
     """
     wanted = Node.coerce(node)
     expected = key_fingerprint(server_key) if server_key is not None else None
-    chosen = interfaces if interfaces is not None else interfaces_from_env()
+    chosen = _chosen_interfaces(interfaces)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     others: list[DiscoveredServer] = []
@@ -431,6 +438,28 @@ async def resolve(
         f"no server named {wanted} answered on the local network within {timeout:g} s"
         " (`rain discover` lists the servers that do; multicast DNS does not cross routers)"
     )
+
+
+def format_table(
+    servers: Sequence[DiscoveredServer], pinned: Callable[[str], bytes | None] | None = None
+) -> list[str]:
+    """Lines of a table of ``servers`` for people: node, key fingerprint, endpoints, and, when
+    ``pinned`` (node -> pinned key or None) is given, whether the advertised fingerprint is that
+    of the key pinned for ``rain://NODE`` ("pinned", "DIFFERS" or "-" when none is pinned)."""
+    header = ["NODE", "KEY FINGERPRINT", "ENDPOINTS"] + (["PINNED KEY"] if pinned else [])
+    rows = [header]
+    for server in servers:
+        row = [server.node, server.fingerprint or "(none: insecure)", " ".join(server.endpoints)]
+        if pinned is not None:
+            key = pinned(server.node)
+            row.append("-" if key is None else "pinned" if server.matches(key) else "DIFFERS")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return [
+        ("  ".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=False))
+         + "  " + row[-1]).rstrip()
+        for row in rows
+    ]
 
 
 # ------------------------------------------------------------------------------ advertising
