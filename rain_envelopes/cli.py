@@ -148,7 +148,13 @@ def _show_value(value: Any) -> str:
 
 
 def _uri(text: str) -> str:
-    """A parameter name means /params/NAME; URIs pass through."""
+    """A parameter name means /params/NAME; URIs pass through. CliError for an empty name
+    (which would otherwise mean /params/, the whole list)."""
+    if not text.strip():
+        raise CliError(
+            "an empty parameter name: give a name such as temperature, or /params for the list",
+            EXIT_USAGE,
+        )
     if text.startswith("/") or text.lower().startswith("lime://"):
         return text
     return f"/params/{text}"
@@ -160,10 +166,21 @@ def _label(uri: str) -> str:
 
 
 def _parse_value(text: str) -> Any:
-    """JSON when it parses (0.5, true, {"a": 1}, "quoted"), else the text itself."""
+    """JSON when it parses (0.5, true, {"a": 1}, "quoted"), else the text itself.
+
+    Text that starts like a JSON array, object or string (``[``, ``{``, ``"``) was meant as
+    JSON: when it does not parse, CliError says so, rather than sending it as a string that
+    the server would then refuse as the wrong type.
+    """
     try:
         return orjson.loads(text)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if text.lstrip()[:1] in ("[", "{", '"'):
+            raise CliError(
+                f"VALUE {text!r} is not valid JSON ({exc}): fix it, or pass --string to send"
+                " it as text",
+                EXIT_USAGE,
+            ) from None
         return text
 
 
@@ -182,12 +199,30 @@ def _server_key(args: argparse.Namespace) -> bytes | None:
         (os.environ.get("RAIN_SERVER_KEY"), os.environ.get("RAIN_KNOWN_HOSTS")),
     ):
         if key_text:
-            if Path(key_text).is_file():
-                return load_public_key(key_text)
-            return parse_public_key(key_text)
+            source = "--server-key" if key_text == args.server_key else "RAIN_SERVER_KEY"
+            return _public_key_argument(key_text, source)
         if hosts_file:
             return KnownHosts.load(hosts_file).lookup(args.endpoint)
     return None
+
+
+def _public_key_argument(text: str, source: str) -> bytes:
+    """A public key given as ``ed25519:...`` text or as the path of its file.
+
+    A path that does not exist is reported as a missing file, named with ``source`` (the
+    option or variable it came from), not as text that is not base64.
+    """
+    if text.strip().lower().startswith("ed25519:"):
+        return parse_public_key(text)
+    if os.path.lexists(text):
+        return load_public_key(text)
+    try:
+        return parse_public_key(text)  # the prefix is optional
+    except KeyFileError:
+        raise KeyFileError(
+            f"{source}: public key file {text} does not exist (and it is not an"
+            " 'ed25519:...' key either)"
+        ) from None
 
 
 def _secured(endpoint: str) -> bool:
@@ -257,6 +292,8 @@ async def _open(args: argparse.Namespace) -> ClientChannel:
                 await transport.open()
         except TimeoutError:
             raise await _no_handshake(args) from None
+        except TransportSecurityError as exc:
+            raise await _handshake_broken(args, exc) from None
         try:
             return await channel.establish_session(timeout=max(deadline - loop.time(), 0.001))
         except EstablishTimeout:
@@ -333,6 +370,26 @@ async def _no_handshake(args: argparse.Namespace, what: str = "handshake") -> Cl
     return CliError(f"no {what} with {endpoint} within {seconds:g} s: {text}", EXIT_UNREACHABLE)
 
 
+async def _handshake_broken(
+    args: argparse.Namespace, exc: TransportSecurityError
+) -> BaseException:
+    """A handshake the server closed half-way (cause SERVER_KEY) looks the same whether the
+    pinned key is wrong or the server stopped at that moment. A plain TCP connection tells
+    them apart where the endpoint is tcp://: refused means nothing listens any more."""
+    if exc.cause != SecurityCause.SERVER_KEY:
+        return exc
+    if await _probe(args.endpoint, min(1.0, args.timeout)) != "refused":
+        return exc
+    address = _tcp_address(args.endpoint)
+    where = f"{address[0]}:{address[1]}" if address else args.endpoint
+    return CliError(
+        f"{args.endpoint} closed the connection during the secure handshake, and nothing"
+        f" listens at {where} now (TCP connection refused): the server stopped or is"
+        " restarting; is it running?",
+        EXIT_UNREACHABLE,
+    )
+
+
 def _explain(exc: BaseException, args: argparse.Namespace) -> CliError:
     """One line and an exit status for an exception a command raised."""
     endpoint = getattr(args, "endpoint", "the server")
@@ -370,7 +427,9 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> CliError:
             EXIT_UNREACHABLE,
         )
     if isinstance(exc, (ChannelClosed, SessionError, NotDone)):
-        return CliError(f"{endpoint}: the session ended: {exc}", EXIT_UNREACHABLE)
+        text = str(exc)
+        said = text if text.startswith("the session ended") else f"the session ended: {text}"
+        return CliError(f"{endpoint}: {said}", EXIT_UNREACHABLE)
     if isinstance(exc, ConfigError | StateStoreError):
         return CliError(str(exc), EXIT_USAGE)
     if isinstance(exc, TransportSecurityError):
@@ -441,10 +500,10 @@ def _print_response(uri: str, response: Command, as_json: bool) -> None:
 
 
 async def _cmd_get(args: argparse.Namespace) -> int:
+    uris = [_uri(text) for text in args.uris]  # every name checked before connecting
     channel = await _open(args)
     try:
-        for text in args.uris:
-            uri = _uri(text)
+        for uri in uris:
             _print_response(uri, await channel.get(uri), args.json)
     finally:
         await channel.finish()
@@ -638,7 +697,7 @@ async def _monitor(
         await session.wait(established=True)
     except (EstablishTimeout, TransportError) as exc:
         if isinstance(exc, TransportSecurityError):
-            raise
+            raise await _handshake_broken(args, exc) from None
         raise await _no_handshake(args, "session") from None
     for uri in monitor.uris:
         await client.subscribe(uri, monitor.show, timeout=args.timeout)
@@ -773,7 +832,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     if not args.force and (path.exists() or Path(f"{path}.pub").exists()):
-        raise CliError(f"{path} already exists; pass --force to replace it", EXIT_USAGE)
+        # 4, as every key-file refusal (Identity.save refusing the same race says so too).
+        raise CliError(f"{path} already exists; pass --force to replace it", EXIT_AUTH)
     identity = Identity.generate()
     identity.save(path, overwrite=args.force)
     if args.json:
@@ -789,8 +849,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_authorize(args: argparse.Namespace) -> int:
-    text = args.public_key
-    key = load_public_key(text) if Path(text).is_file() else parse_public_key(text)
+    key = _public_key_argument(args.public_key, "PUBLIC_KEY")
     target = Path(args.authorized_keys)
     table = AuthorizedKeys.load(target) if target.exists() else AuthorizedKeys(path=target)
     table.add(key, args.name)
@@ -842,15 +901,47 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             except ConfigError as exc:  # e.g. a bad [transport] option
                 raise CliError(f"{args.config}: transport: {exc}", EXIT_USAGE) from None
             await advertising.start(server)
-            _out(f"rain: serving {server.node} on {' '.join(server.endpoints)}"
-                 f" ({len(server.parameters)} parameters)")
-            await stop.wait()
-            _out("rain: shutting down")
+            pid = os.getpid()
+            if args.pid_file:
+                _write_pid_file(Path(args.pid_file), pid)
+            try:
+                count = len(server.parameters)
+                _out(f"rain: serving {server.node} on {' '.join(server.endpoints)}"
+                     f" ({count} parameter{'' if count == 1 else 's'}, process {pid})")
+                await stop.wait()
+                _out("rain: shutting down")
+            finally:
+                if args.pid_file:
+                    _remove_pid_file(Path(args.pid_file), pid)
         for future in reloads:
             future.cancel()
         return EXIT_OK
 
     return _run(lambda _args: serve(), args)
+
+
+def _write_pid_file(path: Path, pid: int) -> None:
+    """Write ``pid`` to ``path`` (folders made as needed), replacing it in one rename so that
+    a reader never sees half a number. CliError (usage) when it cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            temp.write_text(f"{pid}\n")
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise CliError(
+            f"--pid-file: cannot write {path}: {exc.strerror or exc}", EXIT_USAGE
+        ) from None
+
+
+def _remove_pid_file(path: Path, pid: int) -> None:
+    """Remove the pid file, unless another server has written its own pid there since."""
+    with contextlib.suppress(OSError):
+        if path.read_text().strip() == str(pid):
+            path.unlink()
 
 
 # ------------------------------------------------------------------------------ demo
@@ -1083,13 +1174,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve", help="run a server from a TOML config file",
-        description="Run a RAIN server. SIGHUP re-reads the authorised keys and closes the"
-                    " sessions of revoked keys; SIGINT/SIGTERM shut down cleanly.")
+        description="Run a RAIN server. It prints its process id when it is serving. SIGHUP"
+                    " (kill -HUP PID) re-reads the authorised keys and closes the sessions of"
+                    " revoked keys; SIGINT/SIGTERM shut down cleanly.")
     serve.add_argument("config", metavar="CONFIG", help="the server's TOML config file")
     serve.add_argument("--advertise", action=argparse.BooleanOptionalAction, default=None,
                        help="advertise this server on the local network for `rain discover`"
                             " and rain://NAME endpoints (default: [discovery] advertise in the"
                             " config, else off; needs the discovery extra)")
+    serve.add_argument("--pid-file", metavar="FILE",
+                       help="write the process id to FILE once serving (removed on exit), so"
+                            ' that `kill -HUP "$(cat FILE)"` reloads the keys')
 
     discover = commands.add_parser(
         "discover", help="list the servers advertised on the local network",

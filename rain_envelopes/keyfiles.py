@@ -18,6 +18,9 @@ Invariants:
 - A secret key file is created with mode 0600 in the same system call that creates it (never
   written and then chmod-ed), and a secret key file that group or others may read or write is
   refused on load (trap 12 in RELIABILITY.md: other tools write keys world-readable).
+- A public key file given where the secret one belongs (a ``.pub`` passed as ``--key``) is
+  named as a public key, with the secret file's name when it is next to it, before its mode
+  is judged: a ``.pub`` is world-readable by design, so "chmod 600" would be wrong advice.
 - Modes are checked on the opened descriptor (``fstat``), so the file checked is the file read;
   a FIFO planted at a secret key's path cannot hang the reader (``O_NONBLOCK``).
 - Every file is written to a temporary name (``O_EXCL``, its final mode from creation, synced)
@@ -68,6 +71,7 @@ __all__ = [
 PathArg = str | os.PathLike[str]
 
 _SECRET_LABEL = "ed25519-secret:"
+_PUBLIC_LABEL = "ed25519:"
 # Key files are a few lines; tables are a few thousand. Anything far larger is not ours.
 _MAX_KEY_FILE = 64 * 1024
 _MAX_TABLE_FILE = 16 * 1024 * 1024
@@ -122,6 +126,8 @@ def load_identity(path: PathArg) -> Identity:
         if not stripped or stripped.startswith("#"):
             continue
         if not stripped.startswith(_SECRET_LABEL):
+            if _is_public_line(stripped):
+                raise _public_not_secret(file)
             raise KeyFileError(
                 f"{file}:{number}: expected '{_SECRET_LABEL} <base64>' (is this a RAIN secret"
                 " key file?)"
@@ -344,12 +350,6 @@ def _read_secret_text(file: Path) -> str:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise KeyFileError(f"secret key file {file} is not a regular file")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & _UNSAFE_BITS:
-            raise KeyFileError(
-                f"secret key file {file} has mode {mode:04o}: {_who_may(mode)} may use it."
-                f" Restrict it to its owner with `chmod 600 {file}`"
-            )
         chunks: list[bytes] = []
         size = 0
         while size <= _MAX_KEY_FILE:
@@ -363,7 +363,43 @@ def _read_secret_text(file: Path) -> str:
         raise KeyFileError(f"cannot read secret key file {file}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+    # What the file is comes before its mode: a .pub given for the secret key is readable by
+    # everyone by design, and "chmod 600" would be the wrong advice (issue 10).
+    if _holds_public_key(data):
+        raise _public_not_secret(file)
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & _UNSAFE_BITS:
+        raise KeyFileError(
+            f"secret key file {file} has mode {mode:04o}: {_who_may(mode)} may use it."
+            f" Restrict it to its owner with `chmod 600 {file}`"
+        )
     return _decode(data, file, "secret key file", _MAX_KEY_FILE)
+
+
+def _is_public_line(line: str) -> bool:
+    return line[: len(_PUBLIC_LABEL)].lower() == _PUBLIC_LABEL
+
+
+def _holds_public_key(data: bytes) -> bool:
+    """Whether the first line that is not blank or a comment is a public key line."""
+    for raw in data[:_MAX_KEY_FILE].splitlines():
+        line = raw.decode("utf-8", "replace").strip()
+        if line and not line.startswith("#"):
+            return _is_public_line(line)
+    return False
+
+
+def _public_not_secret(file: Path) -> KeyFileError:
+    secret = file.with_suffix("") if file.suffix == ".pub" else None
+    hint = (
+        f"; the secret key file is {secret}, the one `rain keygen` wrote next to it"
+        if secret is not None and secret.is_file()
+        else "; give the secret key file `rain keygen` wrote (the same name without .pub)"
+    )
+    return KeyFileError(
+        f"{file} is a public key file, not a secret key file: it says who a node is, but"
+        f" cannot act as it{hint}"
+    )
 
 
 def _who_may(mode: int) -> str:

@@ -251,6 +251,12 @@ class TransportFactory(ABC):
     ) -> TransportListener:
         """A listener for ``endpoints`` (not yet started)."""
 
+    def check_options(self, options: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Raise ConfigError when ``options`` has one this transport does not know, or a bad
+        value, binding and connecting nothing: a server checks its ``[transport]`` table
+        with this when it loads its configuration, before any plugin code runs. The default
+        accepts anything, as a transport that ignores its options does."""
+
 
 def transport_factory(endpoint: str) -> TransportFactory:
     """The registered factory for ``endpoint``'s URI scheme (``tcp://...`` -> the ZMQ one).

@@ -31,6 +31,7 @@ from rain_envelopes.transport import (
 
 from .client import ZmqTransport
 from .listener import ZmqPeerTransport, ZmqTransportListener
+from .options import ZmqOptions
 
 __all__ = [
     "HandshakeFailed",
@@ -66,3 +67,7 @@ class ZmqTransportFactory(TransportFactory):
         """A listener (not yet started). Raises ConfigError without keys unless
         ``security.insecure``."""
         return ZmqTransportListener(endpoints, security, options)
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """ConfigError for an unknown option or a bad value, as ``listen`` would raise."""
+        ZmqOptions.from_mapping(options)

@@ -267,7 +267,7 @@ def test_keygen_writes_a_private_key_and_says_how_to_authorise_it(tmp_path: Path
     public = (tmp_path / "carol@irf.key.pub").read_text().split()[0]
     assert f"{public} carol@irf" in done.stdout
     again = rain("keygen", "carol@irf", cwd=tmp_path)
-    assert again.returncode == 2  # a usage error: the fix is an option, not another key
+    assert again.returncode == 4  # as cli.md documents, and as a save that loses the race
     assert again.stderr.startswith("rain: error: ")
     assert "already exists; pass --force" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1

@@ -28,7 +28,8 @@ Example (every key but ``identity`` and ``listen`` is optional)::
     uri = "/params/*"
     methods = ["get", "subscribe"]
 
-    [transport]                            # passed as is to the transport (socket options)
+    [transport]                            # passed to the transport (socket options),
+                                           # which checks them when the file is loaded
 
 Invariants: paths are resolved relative to the config file's folder; every problem raises
 :class:`ConfigError` whose message starts with the file and the dotted key (``limits.queue_length``)
@@ -50,7 +51,7 @@ from typing import Any
 from ..allowlist import parse_allowlist
 from ..errors import ConfigError
 from ..node import Node
-from ..transport import transport_factory
+from ..transport import TransportFactory, transport_factory
 from .access import AccessRule
 
 __all__ = [
@@ -347,12 +348,22 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: str = "config") 
             "plugins", f"expected a folder of plugin files; {config.plugins} is not one"
         )
     secured = []
+    factories: dict[int, TransportFactory] = {}
     for index, endpoint in enumerate(listen):
         try:
-            if transport_factory(endpoint).secure:
-                secured.append(endpoint)
+            factory = transport_factory(endpoint)
         except ConfigError as exc:
             raise check.fail(f"listen[{index}]", str(exc)) from None
+        factories[id(factory)] = factory
+        if factory.secure:
+            secured.append(endpoint)
+    for factory in factories.values():
+        # Here, not when listening: a typo in [transport] must stop the server before any
+        # plugin code runs (plugins may touch hardware).
+        try:
+            factory.check_options(config.transport)
+        except ConfigError as exc:
+            raise check.fail("transport", str(exc)) from None
     if secured and not config.insecure and config.key_file is None:
         raise check.fail(
             "key_file",

@@ -33,6 +33,7 @@ binds the parameter; a parameter is bound to at most one running server at a tim
 from __future__ import annotations
 
 import contextvars
+import difflib
 import math
 import os
 import re
@@ -79,6 +80,44 @@ def _declaration_site() -> tuple[str | None, int | None]:
             return frame.f_code.co_filename, frame.f_lineno
         frame = frame.f_back  # type: ignore[assignment]
     return None, None
+
+
+_JSON_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
+# Keywords whose values are data, not schemas: a "type" key inside them is not a type.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+
+
+def _unknown_type(schema: Any, where: str = "") -> str | None:
+    """Say which ``type`` of ``schema`` is not a JSON Schema type, and where; None if none is.
+
+    Walks nested schemas (``properties``, ``items``, ``anyOf``...) but not data keywords.
+    """
+    if isinstance(schema, list):
+        for index, item in enumerate(schema):
+            found = _unknown_type(item, f"{where}[{index}]")
+            if found:
+                return found
+        return None
+    if not isinstance(schema, Mapping):
+        return None
+    kinds = schema.get("type")
+    if isinstance(kinds, Mapping):
+        kinds = None  # a property called "type" (under properties), not the keyword
+    for kind in kinds if isinstance(kinds, list) else [kinds]:
+        if kinds is not None and kind not in _JSON_TYPES:
+            close = difflib.get_close_matches(str(kind), _JSON_TYPES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return (
+                f"unknown type {kind!r} at {where + '.' if where else ''}type{hint}"
+                f" (JSON Schema types: {', '.join(_JSON_TYPES)})"
+            )
+    for key, value in schema.items():
+        if key in _DATA_KEYWORDS or (key == "type" and not isinstance(value, Mapping)):
+            continue
+        found = _unknown_type(value, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
 
 
 def _check_interval(interval: float | None, where: str) -> float | None:
@@ -135,8 +174,10 @@ class Parameter:
             try:
                 self._validate = fastjsonschema.compile(dict(schema))
             except Exception as exc:  # fastjsonschema raises several kinds for a bad schema
+                # Its "Unknown type" names neither the type nor where it is: find it.
+                detail = _unknown_type(schema) if str(exc) == "Unknown type" else None
                 raise self._error(
-                    f"parameter {name!r}: JSON schema does not compile: {exc}"
+                    f"parameter {name!r}: JSON schema does not compile: {detail or exc}"
                 ) from None
         try:
             self._interval = _check_interval(interval, f"parameter {name!r}")

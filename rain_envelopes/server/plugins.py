@@ -7,9 +7,9 @@ code with relative imports (``from . import _helpers``). Files and folders whose
 with ``_`` or ``.`` are not loaded as plugins (use them for shared helpers).
 
 Invariants: a load either returns every declared parameter or raises :class:`PluginError` naming
-the file and line of the culprit (an import error, a syntax error, a bad declaration, or the same
-parameter name declared twice); nothing is half-loaded. Each call imports the files afresh, so
-two servers loading the same folder never share parameter objects.
+the file and line of the culprit (an import error, a syntax error, a ``sys.exit()`` at import, a
+bad declaration, or the same parameter name declared twice); nothing is half-loaded. Each call
+imports the files afresh, so two servers loading the same folder never share parameter objects.
 """
 
 from __future__ import annotations
@@ -83,6 +83,13 @@ def _import_failure(exc: BaseException, source: Path, folder: Path) -> PluginErr
             if str(Path(frame.filename).resolve()).startswith(root):
                 path, line = frame.filename, frame.lineno
                 break
+    if isinstance(exc, SystemExit):
+        code = "" if exc.code is None else repr(exc.code)
+        message = (
+            f"plugin called sys.exit({code}) while being imported; a plugin that cannot start"
+            " should raise an exception saying why"
+        )
+        return PluginError(message, path=path, line=line)
     detail = str(exc).splitlines()[0] if str(exc) else ""
     message = f"plugin failed to import: {type(exc).__name__}" + (f": {detail}" if detail else "")
     return PluginError(message, path=path, line=line)
@@ -136,7 +143,9 @@ def load_plugins(folder: str | Path) -> list[Parameter]:
             sys.modules[module_name] = module
             try:
                 spec.loader.exec_module(module)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
+                # SystemExit too: a plugin's sys.exit() must not end the server silently
+                # (issue 10); KeyboardInterrupt still stops the load as the user asked.
                 sys.modules.pop(module_name, None)
                 log.debug("plugin %s failed to import", source, exc_info=True)
                 raise _import_failure(exc, source, folder) from exc

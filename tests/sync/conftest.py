@@ -8,6 +8,8 @@ The server can be stopped and started again on the same port (a restart, with a 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -163,3 +165,43 @@ def station(site: Site) -> Iterator[ServerThread]:
         yield server
     finally:
         server.stop()
+
+
+class ServerLog(logging.Handler):
+    """The server's log lines (``rain.server``, INFO and up), to wait on one of them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.changed:
+            self.lines.append(record.getMessage())
+            self.changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> str:
+        """The first line matching ``pattern`` (a regex); AssertionError after ``timeout``."""
+        found: list[str] = []
+
+        def seen() -> bool:
+            found[:] = [line for line in self.lines if re.search(pattern, line)]
+            return bool(found)
+
+        with self.changed:
+            assert self.changed.wait_for(seen, timeout), (pattern, self.lines)
+        return found[0]
+
+
+@pytest.fixture
+def server_log() -> Iterator[ServerLog]:
+    logger = logging.getLogger("rain.server")
+    handler = ServerLog()
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
