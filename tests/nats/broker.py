@@ -20,19 +20,25 @@ Topologies:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
+
+from rain_transport_nats.config import ServerGrant, authorization_block
 
 _LISTEN = re.compile(r"Listening for (client|route|leafnode) connections on ([\d.]+):(\d+)")
 
-__all__ = ["NatsServer", "nats_server_binary", "start_cluster"]
+__all__ = ["NatsServer", "nats_server_binary", "running_broker", "start_cluster"]
 
 
 def nats_server_binary() -> str:
@@ -258,3 +264,21 @@ def start_cluster(
             server.stop()
         raise
     return servers
+
+
+@contextlib.asynccontextmanager
+async def running_broker(
+    grants: Sequence[ServerGrant], folder: Path | None = None, **settings: Any
+) -> AsyncIterator[NatsServer]:
+    """A started nats-server whose users are ``rain nats-config``'s for ``grants`` (started
+    and stopped in a thread, so the event loop keeps running). ``folder``: where its config
+    goes (default: a fresh temporary folder, removed afterwards)."""
+    with contextlib.ExitStack() as stack:
+        if folder is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rain-nats-")))
+        server = NatsServer(folder, authorization=authorization_block(grants), **settings)
+        await asyncio.to_thread(server.start)
+        try:
+            yield server
+        finally:
+            await asyncio.to_thread(server.stop)

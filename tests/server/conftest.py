@@ -3,6 +3,8 @@ and clients that authenticate with their own keys.
 
 End-to-end tests take the ``kind`` fixture and so run over both transports; tcp runs only when
 the ZeroMQ transport is installed (it is the default transport, so it is expected to be).
+``running_server`` also takes ``kind="nats"`` (a real nats-server started for the keys, with
+nats-config's users): tests/nats/test_server_over_nats.py runs a subset that way.
 """
 
 from __future__ import annotations
@@ -87,11 +89,20 @@ async def running_server(
         state=state,
     )
     endpoint = "tcp://127.0.0.1:0" if kind == "tcp" else f"memory://test-{secrets.token_hex(6)}"
-    async with server:
+    allow: tuple[str, ...] = ("127.0.0.1/32",)
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "nats":  # a real nats-server whose users are nats-config's for these keys
+            from ..nats.broker import ServerGrant, running_broker
+
+            clients = dict(keys.authorized.items())
+            grant = ServerGrant(keys.station.public_key, "station@irf", clients)
+            endpoint = (await stack.enter_async_context(running_broker([grant]))).url
+            allow = ()  # the broker, not the server, sees client addresses
+        await stack.enter_async_context(server)
         await server.listen(
             [endpoint],
             security=ServerSecurity(
-                identity=keys.station, authorized_keys=keys.authorized, allow=("127.0.0.1/32",)
+                identity=keys.station, authorized_keys=keys.authorized, allow=allow
             ),
         )
         yield server
