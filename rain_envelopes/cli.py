@@ -882,7 +882,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 try:
                     revoked = await server.reload_keys()
                     if revoked:
-                        log.warning("closed sessions of %s", ", ".join(sorted(revoked)))
+                        # Per key: these names' sessions on keys still listed carry on.
+                        log.warning("closed the sessions of the revoked keys of %s",
+                                    ", ".join(sorted(revoked)))
                 except KeyFileError as exc:
                     log.error("keeping the old authorised keys: %s", exc)
 
