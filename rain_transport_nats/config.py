@@ -32,6 +32,7 @@ This module does no network I/O; :func:`from_server_configs` reads the RAIN conf
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +49,11 @@ __all__ = [
     "ServerGrant",
     "authorization_block",
     "from_server_configs",
+    "generate",
+    "grant_for",
     "nats_users",
     "render",
+    "write",
 ]
 
 
@@ -178,3 +182,25 @@ def describe(grants: Sequence[ServerGrant]) -> str:
     users = nats_users(grants)
     names = ", ".join(f"{g.name} ({format_public_key(g.server_key)})" for g in grants)
     return f"{len(users)} NATS users for {len(grants)} RAIN server(s): {names}"
+
+
+def generate(paths: Sequence[str | Path]) -> tuple[str, str]:
+    """What ``rain nats-config CONFIG...`` prints: (the authorization block, a summary line).
+    Raises ConfigError or KeyFileError naming the file at fault."""
+    if not paths:
+        raise ConfigError("nats-config needs at least one server config file")
+    grants = from_server_configs(paths)
+    return authorization_block(grants), describe(grants)
+
+
+def write(text: str, path: str | Path) -> None:
+    """Replace ``path`` with ``text`` atomically (a reloading nats-server never reads half a
+    file). Mode 0644: nothing in it is secret. Raises OSError."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text)
+        temporary.chmod(0o644)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
