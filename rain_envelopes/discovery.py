@@ -49,7 +49,7 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -309,6 +309,7 @@ class Browser:
         self._browser: Any = None
 
     async def __aenter__(self) -> Browser:
+        require()
         from zeroconf.asyncio import AsyncServiceBrowser
 
         self._zc = _zeroconf(self.interfaces)
@@ -526,13 +527,15 @@ class Advertisement:
     service: str = ""
     _zc: AsyncZeroconf | None = field(default=None, repr=False)
     _info: AsyncServiceInfo | None = field(default=None, repr=False)
+    _announcing: Awaitable[Any] | None = field(default=None, repr=False)
 
     @property
     def fingerprint(self) -> str | None:
         return key_fingerprint(self.public_key) if self.public_key is not None else None
 
     async def start(self) -> None:
-        """Register the service (zeroconf probes the name first: about a second).
+        """Register the service (zeroconf first probes that no one else has the name: about
+        1.2 s).
 
         Raises DiscoveryUnavailable without the extra, ConfigError when no endpoint can be
         advertised, TransportError when multicast DNS cannot be used.
@@ -565,8 +568,9 @@ class Advertisement:
         )
         zc = _zeroconf(interfaces)
         try:
-            registered = await zc.async_register_service(info, allow_name_change=True)
-            await registered
+            # The first await probes the name (about 1.2 s) and sends the first announcement;
+            # the two repeats that follow need not be waited for.
+            self._announcing = await zc.async_register_service(info, allow_name_change=True)
         except (OSError, NonUniqueNameException) as exc:
             await zc.async_close()
             raise TransportError(f"cannot advertise {node}: {exc}") from None
@@ -579,8 +583,14 @@ class Advertisement:
     async def close(self) -> None:
         """Withdraw the service (goodbye records, so browsers drop it now). Idempotent."""
         zc, info, self._zc, self._info = self._zc, self._info, None, None
+        announcing, self._announcing = self._announcing, None
         if zc is None:
             return
+        if announcing is not None:
+            future = asyncio.ensure_future(announcing)
+            future.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await future
         try:
             if info is not None:
                 with contextlib.suppress(Exception):
