@@ -14,8 +14,8 @@ Theory of operation. A :class:`BlockingClient` owns one daemon thread that runs 
 event loop, and in it one reconnecting :class:`~rain_envelopes.client.Client`: the protocol,
 the reconnection, the exactly-once sets and the re-subscriptions are that client's, not a
 second implementation. Every blocking method hands a coroutine *factory* to the loop (so no
-coroutine object is ever made, or left unawaited, in the caller's thread), then waits on a
-:class:`concurrent.futures.Future` for its outcome:
+coroutine object is ever made, or left unawaited, in the caller's thread), which runs it as a
+task, then waits on a :class:`threading.Event` for the task's outcome:
 
 - **Timeouts.** Each call has a limit: ``timeout=`` on the call, else the client's
   ``timeout``. The limit is given to the async client, which raises its own
@@ -32,8 +32,9 @@ coroutine object is ever made, or left unawaited, in the caller's thread), then 
 - **Callers with their own loop** (a Jupyter kernel, an asyncio program): nothing here looks
   up or runs a loop in the caller's thread, so a running loop there does not matter; the
   call simply blocks that thread, as any blocking function does.
-- **Interrupts.** Ctrl-C while waiting cancels the request in the loop (a set keeps its
-  expiry, so it is never applied later than its caller would have accepted) and propagates.
+- **Interrupts.** Ctrl-C (any exception) while waiting cancels the task in the loop, or keeps
+  it from starting, and propagates. A set already sent keeps its expiry, so the server never
+  applies it later than its caller would have accepted.
 - **Monitors** (:class:`Monitor`) are iterators over :class:`~rain_envelopes.client.Update`.
   One async subscription per URI is shared by every monitor of that URI in this client; its
   callback (in the loop thread) puts each update into every monitor's bounded queue, which
@@ -61,7 +62,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -71,7 +71,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .client import Backoff, Client, ClientState, StateChange, Update
 from .envelopes import Command, Reason
@@ -312,6 +312,31 @@ class Monitor(Iterator[Update]):
 # ------------------------------------------------------------------------------ the loop thread
 
 
+class _Call(Generic[T]):
+    """One blocking call: handed from the caller's thread to a task in the loop and back."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.task: asyncio.Task[T] | None = None  # set in the loop thread
+        self.abandoned = False  # set in the caller's thread
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def settle(self, *, value: T | None = None, error: BaseException | None = None) -> None:
+        """The first outcome wins (the task's, or the close that came first)."""
+        with self._lock:
+            if self.done.is_set():
+                return
+            self._value, self._error = value, error
+            self.done.set()
+
+    def outcome(self) -> T:
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]  # None only when T admits it
+
+
 class _Runner:
     """The loop thread and everything in it. Holds no reference to the BlockingClient, so a
     finalizer of the client may call :meth:`shutdown`."""
@@ -327,7 +352,7 @@ class _Runner:
         self._on_state: Callable[[StateChange], object] | None = options.pop("on_state", None)
         self._options = options
         self._lock = threading.Lock()
-        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._pending: set[_Call[Any]] = set()
         self._closing = False
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -467,48 +492,37 @@ class _Runner:
 
     # ---------------------------------------------------------------- from any thread
 
-    def submit(self, factory: Callable[[], Coroutine[Any, Any, T]]) -> concurrent.futures.Future[T]:
-        """Run ``factory()`` in the loop; its outcome lands in the returned future."""
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    def submit(self, factory: Callable[[], Coroutine[Any, Any, T]]) -> _Call[T]:
+        """Run ``factory()`` in the loop as a task; its outcome lands in the returned call."""
+        call: _Call[T] = _Call()
         with self._lock:
             if self._closing:
                 raise ClientClosed(f"the blocking client of {self.endpoint} is closed")
-            self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+            self._pending.add(call)
         loop = self.loop
         assert loop is not None
 
         def start() -> None:
-            if not future.set_running_or_notify_cancel():
+            if call.abandoned:
                 return  # the caller stopped waiting before we began
-            task = loop.create_task(factory())
+            call.task = loop.create_task(factory())
+            call.task.add_done_callback(finish)
 
-            def settle(task: asyncio.Task[T]) -> None:
-                if future.done():
-                    return
-                with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    if task.cancelled():
-                        future.set_exception(ClientClosed(
-                            f"the blocking client of {self.endpoint} was closed first"
-                        ))
-                    elif (error := task.exception()) is not None:
-                        future.set_exception(error)
-                    else:
-                        future.set_result(task.result())
-
-            def cancelled(done: concurrent.futures.Future[T]) -> None:
-                if done.cancelled() and not task.done():
-                    with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(task.cancel)
-
-            task.add_done_callback(settle)
-            future.add_done_callback(cancelled)
+        def finish(task: asyncio.Task[T]) -> None:
+            with self._lock:
+                self._pending.discard(call)
+            if task.cancelled():
+                call.settle(error=self._closed_first())
+            elif (error := task.exception()) is not None:
+                call.settle(error=error)
+            else:
+                call.settle(value=task.result())
 
         try:
             loop.call_soon_threadsafe(start)
         except RuntimeError:  # the loop closed under us
-            self._fail(future)
-        return future
+            call.settle(error=self._closed_first())
+        return call
 
     def call(self, factory: Callable[[], Coroutine[Any, Any, T]], limit: float) -> T:
         """Run ``factory()`` in the loop and wait for its outcome: raised again here."""
@@ -517,32 +531,35 @@ class _Runner:
                 "the blocking API cannot be called from its own loop thread (an on_state"
                 " callback): it would wait on itself; use the async Client there"
             )
-        future = self.submit(factory)
+        call = self.submit(factory)
         try:
-            done, _ = concurrent.futures.wait([future], timeout=limit + _MARGIN)
+            finished = call.done.wait(limit + _MARGIN)
         except BaseException:  # Ctrl-C: stop the request in the loop too
-            future.cancel()
+            self._abandon(call)
             raise
-        if not done:
-            future.cancel()
+        if not finished:
+            self._abandon(call)
             raise ResponseTimeout(
                 f"no outcome from the client's loop within {limit + _MARGIN:g} s"
             )
-        if future.cancelled():
-            raise ClientClosed(f"the blocking client of {self.endpoint} was closed first")
-        return future.result()
+        return call.outcome()
 
-    def _fail(self, future: concurrent.futures.Future[Any]) -> None:
-        with contextlib.suppress(concurrent.futures.InvalidStateError, RuntimeError):
-            if future.set_running_or_notify_cancel():
-                future.set_exception(
-                    ClientClosed(f"the blocking client of {self.endpoint} was closed first")
-                )
-                return
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
-            future.set_exception(
-                ClientClosed(f"the blocking client of {self.endpoint} was closed first")
-            )
+    def _abandon(self, call: _Call[Any]) -> None:
+        """The caller stopped waiting: cancel the task (or keep it from starting)."""
+        call.abandoned = True
+        loop = self.loop
+        if loop is None:
+            return
+
+        def cancel() -> None:  # runs after ``start`` (callbacks run in order)
+            if call.task is not None:
+                call.task.cancel()
+
+        with contextlib.suppress(RuntimeError):  # the loop has already closed
+            loop.call_soon_threadsafe(cancel)
+
+    def _closed_first(self) -> ClientClosed:
+        return ClientClosed(f"the blocking client of {self.endpoint} was closed first")
 
     def shutdown(self) -> None:
         """Close the client and the loop, join the thread; from any thread, idempotent."""
@@ -558,9 +575,10 @@ class _Runner:
         self.thread.join(self.close_timeout + _MARGIN)
         if self.thread.is_alive():
             log.warning("%s: the blocking client's thread did not end in time", self.endpoint)
-        for future in list(self._pending):
-            if not future.done():
-                self._fail(future)
+        with self._lock:
+            left, self._pending = list(self._pending), set()
+        for call in left:
+            call.settle(error=self._closed_first())
 
 
 # ------------------------------------------------------------------------------ the client

@@ -56,8 +56,9 @@ def site(tmp_path: Path) -> Site:
     )
 
 
-def parameters(gate: threading.Event) -> list[Parameter]:
-    """A fresh station for each server start; ``slow`` answers only once ``gate`` is set."""
+def parameters(gate: threading.Event, entered: threading.Event) -> list[Parameter]:
+    """A fresh station for each server start; ``slow`` sets ``entered`` when it is read, and
+    answers only once ``gate`` is set."""
     temperature = Parameter(
         "temperature", value=20.5, unit="degC", description="Air temperature", writable=True,
         schema={"type": "number"},
@@ -67,6 +68,7 @@ def parameters(gate: threading.Event) -> list[Parameter]:
     model = Parameter("model", value="WS-1", description="read-only")
 
     def slow_reading() -> float:
+        entered.set()
         gate.wait(20)  # a sensor that hangs until the test lets it go (or the server stops)
         return 1.0
 
@@ -82,7 +84,9 @@ class ServerThread:
     """
 
     def __init__(
-        self, site: Site, make: Callable[[threading.Event], list[Parameter]] = parameters
+        self,
+        site: Site,
+        make: Callable[[threading.Event, threading.Event], list[Parameter]] = parameters,
     ) -> None:
         self.site = site
         self.make = make
@@ -90,6 +94,8 @@ class ServerThread:
         self.server: Server | None = None
         #: Lets the ``slow`` parameter's getter answer; set when the server stops.
         self.gate = threading.Event()
+        #: Set when the ``slow`` parameter's getter is called.
+        self.entered = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -115,7 +121,7 @@ class ServerThread:
         site = self.site
         try:
             server = Server(
-                self.make(self.gate),
+                self.make(self.gate, self.entered),
                 node="station@irf",
                 authenticator=ServerAuthenticator(site.authorized),
                 identity=site.station,

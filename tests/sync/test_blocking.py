@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -285,6 +286,55 @@ def test_a_call_waiting_in_another_thread_ends_when_the_client_closes(
     with pytest.raises(ClientClosed):
         client.get("temperature")
     assert not sync_threads()
+
+
+class Interrupted(BaseException):
+    """What the test's signal handler raises, as Ctrl-C raises KeyboardInterrupt."""
+
+
+def loop_tasks(client: BlockingClient) -> set[str]:
+    """The names of the coroutines of the tasks in the client's loop, but the asker's."""
+
+    async def names() -> set[str]:
+        current = asyncio.current_task()
+        return {
+            task.get_coro().__qualname__  # type: ignore[union-attr]
+            for task in asyncio.all_tasks() if task is not current
+        }
+
+    return client._runner.call(names, 5.0)
+
+
+def test_an_interrupted_call_cancels_its_request_in_the_loop(
+    site: Site, station: ServerThread
+) -> None:
+    endpoint = station.endpoint
+    assert endpoint is not None
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    with open_client(site, endpoint) as client:
+        before = loop_tasks(client)
+
+        def interrupt_once_the_get_is_in() -> None:
+            if station.entered.wait(10):  # the server is reading: the request is in the loop
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+        helper = threading.Thread(target=interrupt_once_the_get_is_in)
+        helper.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(Interrupted):
+                client.get("slow", timeout=20)
+        finally:
+            helper.join(10)
+            signal.signal(signal.SIGUSR1, previous)
+        assert time.monotonic() - started < 8.0
+        # The request's task is gone from the loop, not left waiting out its 20 s.
+        assert loop_tasks(client) == before
+        assert client.get("temperature") == 20.5  # and the client carries on
 
 
 def test_calling_from_the_loop_thread_is_refused(site: Site, station: ServerThread) -> None:
