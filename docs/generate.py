@@ -762,7 +762,7 @@ CONFIG_NOTES: dict[str, tuple[str, ...]] = {
         "table",
         "Passed as is to the transport of the listen endpoints; for ZeroMQ, the options of "
         "[ZeroMQ transport options](transport-options.md). Checked by the transport when "
-        "`rain serve` starts listening.",
+        "the file is loaded, before any plugin code runs.",
     ),
     "logging.level": (
         "string",
