@@ -39,6 +39,15 @@ the RAIN server's, is covered, and the refusal needs no cooperation from it. The
 policy: None (the default for a channel made by hand) means no bound; the RAIN server passes
 ``limits.max_requests_in_progress``.
 
+What a request costs. A handler that answers at once (a Command, or None) is answered inline,
+in the reader's wake-up: no task, no future, and the reply leaves in the batch's one flush. Only
+a handler that returns an awaitable costs more: a coroutine becomes the one task that runs it
+(nothing wraps it), a future is only watched, and a done-callback queues the answer. Answers
+that finish outside the reader are flushed by the channel's writer, a single task started the
+first time one is needed, which sends every answer queued since its last turn in one
+``send_batch``. The same holds for message handlers (their receipts) and for awaitable
+notification and observe callbacks.
+
 Everything a peer can make a channel log (frames that break the protocol, replies dropped for
 a full peer queue, requests over the bound) goes through a :class:`~rain_envelopes.peerlog.
 PeerLog`, keyed by the peer's proven identity or key, else its address: one line per kind and
@@ -154,10 +163,11 @@ def _expire(future: asyncio.Future[Any]) -> None:
 
 
 def _close_unstarted(coroutine: Any, depth: int = 4) -> None:
-    # A task cancelled before its first step (the session ended right after the request
-    # arrived) never awaits the handler's coroutine: close it, or Python warns that it was
-    # never awaited. A handler's coroutine often wraps another it was given as an argument
-    # (the server's _complete(_read(...))): those are closed too.
+    # A handler's task cancelled before its first step (the session ended right after the
+    # request arrived) never runs its coroutine, nor any coroutine that one was handed as an
+    # argument to await (a server's wrapper around its resource's work): close them all, or
+    # Python warns that they were never awaited. Called at shutdown only, so it costs the hot
+    # path nothing.
     if depth < 1 or inspect.getcoroutinestate(coroutine) != inspect.CORO_CREATED:
         return
     frame = coroutine.cr_frame
@@ -218,7 +228,13 @@ class Channel:
         # meanwhile wait on a future of their own in _flush_waiters.
         self._flushing = False
         self._flush_waiters: list[asyncio.Future[None]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # What handlers and callbacks left running (their tasks, or the futures they returned):
+        # cancelled at shutdown.
+        self._tasks: set[asyncio.Future[Any]] = set()
+        # The writer (see _flush_soon): flushes what was queued outside the reader.
+        self._writer: asyncio.Task[None] | None = None
+        self._write_wanted = asyncio.Event()
+        self._flush_scheduled = False
         self._reader: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._established: asyncio.Future[None] | None = None
@@ -587,23 +603,55 @@ class Channel:
         except Exception as exc:
             result = self._refusal(command, exc)
         if isinstance(result, Command):
-            self._reply(result)
+            self._reply(result)  # answered inline: no task, no future, flushed with the batch
         elif inspect.isawaitable(result):
+            # Work still in the handler's hands. A coroutine becomes the one task it needs to
+            # run (no wrapper coroutine around it); a future is only watched. Either way the
+            # answer is queued by a done-callback and leaves in a flush shared with every other
+            # answer finished in the same loop turn.
             self._in_progress += 1
-            task = self._spawn(self._finish_command(command, result))
-            if inspect.iscoroutine(result):
-                task.add_done_callback(lambda _: _close_unstarted(result))
+            future = self._spawn(result)
+            future.add_done_callback(lambda done: self._command_done(command, done))
 
-    async def _finish_command(self, command: Command, pending: Awaitable[Any]) -> None:
-        try:
+    def _command_done(self, command: Command, done: asyncio.Future[Any]) -> None:
+        self._in_progress -= 1  # the answer exists (or never will): room for the next one
+        if done.cancelled():
+            return  # the session ended under it (shutdown cancels what it spawned)
+        error = done.exception()
+        if error is not None and not isinstance(error, Exception):
+            return  # KeyboardInterrupt and the like are the loop's to handle, not a reply
+        result = done.result() if error is None else self._refusal(command, error)
+        if isinstance(result, Command) and not self.closed:
+            self._reply(result)
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        # For replies queued outside the reader (a handler's awaitable finished): the channel's
+        # writer flushes them on its next turn, once for every reply queued until then (when
+        # the reader's flush takes them first, the writer finds nothing and does not await).
+        # The writer is one task for the channel's life, started the first time it is needed,
+        # so a reply made this way costs a wake-up, not a task.
+        if self._flush_scheduled:
+            return
+        self._flush_scheduled = True
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name=f"rain-writer-{self}")
+        else:
+            self._write_wanted.set()
+
+    async def _write_loop(self) -> None:
+        while not self.closed:
+            if not self._flush_scheduled:
+                self._write_wanted.clear()
+                await self._write_wanted.wait()
+                continue
+            self._flush_scheduled = False
             try:
-                result = await pending
-            except Exception as exc:
-                result = self._refusal(command, exc)
-        finally:
-            self._in_progress -= 1  # the answer exists (or never will): room for the next one
-        if isinstance(result, Command):
-            await self._send_quietly(result)
+                # As the reader flushes: a reply meeting a full peer queue is dropped and
+                # counted, so replies to a peer that does not read never pile up.
+                await self._flush(on_full=self._reply_dropped)
+            except TransportError as exc:
+                log.debug("%s: could not flush: %s", self, exc)
 
     def _refusal(self, command: Command, error: Exception) -> Command | None:
         """The answer to a request whose handler raised ``error``: the one place where a
@@ -627,14 +675,6 @@ class Channel:
         except LocalProtocolError as exc:
             log.debug("%s: reply dropped: %s", self, exc)
 
-    async def _send_quietly(self, envelope: Envelope) -> None:
-        if self.closed:
-            return
-        try:
-            await self.send(envelope)
-        except (LocalProtocolError, ChannelClosed, TransportError) as exc:
-            log.debug("%s: could not send %s: %s", self, type(envelope).__name__, exc)
-
     def _dispatch_message(self, message: Message) -> None:
         # The protocol has queued the `received` receipt; it sends `consumed` or `failed` when
         # told how the handler ended (the handler contract in the module docstring).
@@ -648,28 +688,20 @@ class Channel:
             self._protocol.message_failed(message)
             return
         if inspect.isawaitable(result):
-            self._spawn(self._finish_message(message, result))
+            self._spawn(result).add_done_callback(lambda done: self._message_done(message, done))
         else:
             self._protocol.message_consumed(message)
 
-    async def _finish_message(self, message: Message, pending: Awaitable[Any]) -> None:
-        try:
-            await pending
-        except Exception:
-            log.exception("%s: message handler failed", self)
+    def _message_done(self, message: Message, done: asyncio.Future[Any]) -> None:
+        if done.cancelled() or self.closed:
+            return
+        error = done.exception()
+        if error is not None:
+            log.error("%s: message handler failed", self, exc_info=error)
             self._protocol.message_failed(message)
         else:
             self._protocol.message_consumed(message)
-        await self._flush_quietly()
-
-    async def _flush_quietly(self) -> None:
-        # For what a handler's task queued after the reader's flush: best effort, like a reply.
-        if self.closed:
-            return
-        try:
-            await self._flush()
-        except TransportError as exc:
-            log.debug("%s: could not flush: %s", self, exc)
+        self._flush_soon()  # the receipt it queued, if the message wants one
 
     def _dispatch_notification(self, notification: Notification) -> None:
         if self.on_notification is not None:
@@ -682,19 +714,19 @@ class Channel:
             log.exception("%s: %s failed", self, what)
             return
         if inspect.isawaitable(result):
-            self._spawn(self._await_logged(result, what))
+            self._spawn(result).add_done_callback(lambda done: self._log_failure(done, what))
 
-    async def _await_logged(self, pending: Awaitable[Any], what: str) -> None:
-        try:
-            await pending
-        except Exception:
-            log.exception("%s: %s failed", self, what)
+    def _log_failure(self, done: asyncio.Future[Any], what: str) -> None:
+        if not done.cancelled() and (error := done.exception()) is not None:
+            log.error("%s: %s failed", self, what, exc_info=error)
 
-    def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Future[Any]:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def _spawn(self, awaitable: Awaitable[Any]) -> asyncio.Future[Any]:
+        # A coroutine becomes a task; a future is taken as it is. Either is kept until done, so
+        # the loop holds no last reference only, and shutdown cancels what is still running.
+        future = asyncio.ensure_future(awaitable)
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
+        return future
 
     # ---------------------------------------------------------------------------- keepalive
 
@@ -754,8 +786,10 @@ class Channel:
             self._established.set_exception(error)
             self._established.exception()  # retrieved: nobody may be waiting any more
         current = asyncio.current_task()
-        for task in [self._reader, self._keepalive, *self._tasks]:
+        for task in [self._reader, self._keepalive, self._writer, *self._tasks]:
             if task is not None and task is not current and not task.done():
+                if isinstance(task, asyncio.Task) and inspect.iscoroutine(coro := task.get_coro()):
+                    _close_unstarted(coro)
                 task.cancel()
         await self.transport.close()
         self._on_closed()
