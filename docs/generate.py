@@ -770,6 +770,25 @@ CONFIG_NOTES: dict[str, tuple[str, ...]] = {
         "lowers it to `INFO`, `-vv` to `DEBUG`.",
     ),
     "logging.file": ("path", "Log to this file (appended to) instead of standard error."),
+    "discovery": (
+        "table",
+        "Advertising the server on the local network (keys below); needs the `discovery` "
+        "extra. See [discovery on the LAN](../howto/discovery.md).",
+    ),
+    "discovery.advertise": (
+        "boolean",
+        "Advertise the server (mDNS/DNS-SD `_rain._tcp`: node name, endpoints, key "
+        "fingerprint) once it listens, for `rain discover` and `rain://NAME@DOMAIN` endpoints; "
+        "withdrawn when it stops. `rain serve --advertise`/`--no-advertise` overrides it. Off by "
+        "default: it tells everyone on the network that an instrument is here, its name and "
+        "where it listens. It grants nothing: clients still pin the server key.",
+    ),
+    "discovery.interfaces": (
+        "list of strings (a single string is accepted)",
+        "IPv4 addresses of this host to advertise on and announce; a wildcard listen "
+        "endpoint (`tcp://0.0.0.0:4505`) is advertised once per address. Empty: every "
+        "interface, announcing every address but loopback.",
+    ),
     "access.identity": (
         "string",
         "Glob on the authenticated identity (`alice@irf`, `*@irf`, `*`); case-insensitive.",
@@ -805,10 +824,11 @@ def _config_defaults() -> dict[str, str]:
     import dataclasses
 
     from rain_envelopes.server.access import AccessRule
-    from rain_envelopes.server.config import LoggingConfig, ServerConfig
+    from rain_envelopes.server.config import DiscoveryConfig, LoggingConfig, ServerConfig
 
     defaults: dict[str, str] = {}
-    for prefix, cls in (("", ServerConfig), ("logging.", LoggingConfig), ("access.", AccessRule)):
+    for prefix, cls in (("", ServerConfig), ("logging.", LoggingConfig), ("access.", AccessRule),
+                        ("discovery.", DiscoveryConfig)):
         for item in dataclasses.fields(cls):
             if item.default is not dataclasses.MISSING:
                 text = _toml_text(item.default)
@@ -823,9 +843,15 @@ def _config_defaults() -> dict[str, str]:
 
 def config_keys() -> str:
     """Every key the config loader accepts outside ``[limits]``, from its own key lists."""
-    from rain_envelopes.server.config import _ACCESS_KEYS, _LOGGING_KEYS, _TOP_KEYS
+    from rain_envelopes.server.config import (
+        _ACCESS_KEYS,
+        _DISCOVERY_KEYS,
+        _LOGGING_KEYS,
+        _TOP_KEYS,
+    )
 
     accepted = [*_TOP_KEYS, *(f"logging.{k}" for k in _LOGGING_KEYS),
+                *(f"discovery.{k}" for k in _DISCOVERY_KEYS),
                 *(f"access.{k}" for k in _ACCESS_KEYS)]
     missing = sorted(set(accepted) - CONFIG_NOTES.keys())
     extra = sorted(CONFIG_NOTES.keys() - set(accepted))
