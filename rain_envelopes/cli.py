@@ -1264,6 +1264,10 @@ def build_parser() -> argparse.ArgumentParser:
                              help="a RAIN server's TOML config file")
     nats_config.add_argument("-o", "--out", metavar="FILE",
                              help="replace FILE (atomically) instead of printing")
+
+    from .dashboard.command import add_parser as add_dashboard  # no aiohttp imported here
+
+    add_dashboard(commands, _client_options)
     return parser
 
 
@@ -1286,6 +1290,12 @@ def _cmd_nats_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard.command import run  # aiohttp only now, with its extra named if missing
+
+    return await run(args)
+
+
 _ASYNC_COMMANDS: dict[str, CommandFunction] = {
     "get": _cmd_get,
     "set": _cmd_set,
@@ -1294,6 +1304,7 @@ _ASYNC_COMMANDS: dict[str, CommandFunction] = {
     "monitor": _cmd_monitor,
     "demo": _cmd_demo,
     "discover": _cmd_discover,
+    "dashboard": _cmd_dashboard,
 }
 
 
