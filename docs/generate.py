@@ -287,6 +287,7 @@ def error_tree() -> str:
 #: exported name must appear exactly once: a new export fails the generator until it is placed.
 API_GROUPS: dict[str, tuple[str, ...]] = {
     "The reconnecting client": ("Client", "ClientState", "StateChange", "Backoff", "Update"),
+    "The blocking API": ("BlockingClient",),
     "Connecting and channels": ("connect", "Channel", "ClientChannel", "ServerChannel"),
     "Envelopes": ("Envelope", "Message", "Notification", "Command", "Session", "Reason", "Node"),
     "Enumerations": (
