@@ -270,27 +270,33 @@ async def _connect(
             **credentials,
             **callbacks,
         )
-    except nats.errors.AuthorizationError:
+    except Exception as exc:
         await _quiet_close(client)
-        raise HandshakeFailed(
-            f"the NATS broker at {where} refused this key"
-            + (f" ({user_nkey(identity.public_key)})" if identity is not None else "")
-            + ": it is not among the broker's users (run `rain nats-config` and reload it)",
-            SecurityCause.REFUSED,
-        ) from None
-    except (ssl.SSLError, nats.errors.SecureConnFailedError) as exc:
-        await _quiet_close(client)
-        raise TransportSecurityError(f"TLS to the NATS broker at {where} failed: {exc}") from None
-    except (nats.errors.SecureConnRequiredError, nats.errors.SecureConnWantedError) as exc:
-        await _quiet_close(client)
-        raise TransportSecurityError(
-            f"the NATS broker at {where} and this end disagree about TLS: {exc}"
-        ) from None
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
-        await _quiet_close(client)
-        reason = str(exc) or type(exc).__name__
-        raise TransportError(f"cannot reach the NATS broker at {where}: {reason}") from None
+        raise _connect_error(exc, where, identity) from None
     return client
+
+
+def _connect_error(exc: Exception, where: str, identity: Identity | None) -> TransportError:
+    """What a failed broker connection means for RAIN."""
+    text = str(exc) or type(exc).__name__
+    # nats-py reports a refused key as AuthorizationError, or as a plain Error with the
+    # server's text, depending on when the -ERR arrives.
+    if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in (
+        text.lower()
+    ):
+        who = f" ({user_nkey(identity.public_key)})" if identity is not None else ""
+        return HandshakeFailed(
+            f"the NATS broker at {where} refused this key{who}: it is not among the broker's"
+            " users (run `rain nats-config` and reload the broker)",
+            SecurityCause.REFUSED,
+        )
+    if isinstance(exc, ssl.SSLError | nats.errors.SecureConnFailedError):
+        return TransportSecurityError(f"TLS to the NATS broker at {where} failed: {text}")
+    if isinstance(exc, nats.errors.SecureConnRequiredError | nats.errors.SecureConnWantedError):
+        return TransportSecurityError(
+            f"the NATS broker at {where} and this end disagree about TLS: {text}"
+        )
+    return TransportError(f"cannot reach the NATS broker at {where}: {text}")
 
 
 async def _quiet_close(client: NatsClient) -> None:
@@ -500,7 +506,6 @@ class NatsTransport(_Link):
             raise TransportClosed("the transport was closed before it opened")
         self._opened = True
         loop = asyncio.get_running_loop()
-        self._opening = loop.create_future()
         try:
             async with asyncio.timeout(self._options.open_timeout):
                 await self._open()
@@ -517,7 +522,6 @@ class NatsTransport(_Link):
         self._heartbeats = loop.create_task(self._beat())
 
     async def _open(self) -> None:
-        assert self._opening is not None
         self._nc = await _connect(
             self.endpoint,
             self._options,
@@ -528,6 +532,7 @@ class NatsTransport(_Link):
             disconnected_cb=self._on_disconnected,
             closed_cb=self._on_disconnected,
         )
+        self._opening = asyncio.get_running_loop().create_future()
         answers = subjects.client_subscription(self._server, self._client_nkey, self._session)
         self._subscription = await self._nc.subscribe(
             answers,
@@ -546,6 +551,9 @@ class NatsTransport(_Link):
         await self._opening
 
     async def _abandon(self) -> None:
+        opening = self._opening
+        if opening is not None and opening.done() and not opening.cancelled():
+            opening.exception()  # seen: it is what open() raised, or moot after a timeout
         self._closed = True
         self._wake.set()
         if self._nc is not None:

@@ -39,7 +39,7 @@ class ServerProcess:
                 line = pool.submit(self.process.stdout.readline).result(timeout=timeout)
             except concurrent.futures.TimeoutError:
                 line = ""
-        found = re.search(r"serving \S+ on (tcp://\S+)", line)
+        found = re.search(r"serving \S+ on ((?:tcp|nats)://\S+)", line)
         if found is None:
             self.stop()
             raise AssertionError(f"server did not start: {line!r}\n{log.read_text()}")
