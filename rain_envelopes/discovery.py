@@ -515,8 +515,9 @@ def _host_label() -> str:
 @dataclass
 class Advertisement:
     """A server's advertisement on the local network: ``await start()`` and ``await close()``
-    (or ``async with``). ``interfaces``: IPv4 addresses to advertise on (default: every
-    interface, announcing every non-loopback address)."""
+    (or ``async with``). ``interfaces``: IPv4 addresses to advertise on (default:
+    ``$RAIN_DISCOVERY_INTERFACES``, else every interface, announcing every non-loopback
+    address)."""
 
     node: Node | str
     endpoints: Sequence[str]
@@ -547,7 +548,7 @@ class Advertisement:
         node = str(Node.coerce(self.node))
         interfaces = (
             _checked_interfaces(self.interfaces, "discovery.interfaces")
-            if self.interfaces else None
+            if self.interfaces else interfaces_from_env()
         )
         addresses = list(interfaces) if interfaces else _host_addresses()
         self.advertised = advertised_endpoints(self.endpoints, addresses)

@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from rain_envelopes import Client
+from rain_envelopes import Client, sync
 from rain_envelopes.channel import connect
 from rain_envelopes.cli import main
 from rain_envelopes.discovery import (
@@ -209,7 +209,7 @@ def test_discover_lists_the_advertised_server(
     assert found[0]["endpoints"] == [station.process.endpoint]
 
 
-def test_cli_gets_by_node_name(
+def test_cli_and_blocking_api_get_by_node_name(
     station: Station, mdns: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["get", f"rain://{station.node}", "knob", *station.client()]) == 0
@@ -220,6 +220,10 @@ def test_cli_gets_by_node_name(
     assert main(["get", f"rain://{station.node}", "knob", "-k", str(station.alice_key),
                  "--known-hosts", str(hosts)]) == 0
     assert capsys.readouterr().out.strip() == "knob 7"
+    # ... and from the blocking API, which takes the same endpoint and known-hosts file.
+    with sync.connect(f"rain://{station.node}", key=station.alice_key, known_hosts=hosts,
+                      timeout=15, transport_options=LOCAL) as client:
+        assert client.get("knob") == 7
 
 
 async def test_connect_and_client_by_node_name(station: Station, mdns: None) -> None:
