@@ -1,26 +1,34 @@
-"""Issue 9's targets beyond a single round trip, each beside raw pyzmq in the same run.
+"""Issue 9's targets (item 7), every one beside its raw pyzmq baseline in the same run.
 
-Run ``python benchmarks/bench_targets.py`` (about 2 minutes on 2 cores) or ``--quick`` (a few
-seconds; ``tests/test_bench_targets_run.py`` runs it so this script cannot silently rot).
-``--help`` lists the knobs; ``--only fanout,publisher,sessions`` picks parts; ``--profile DIR``
-writes a pyinstrument text profile of the RAIN server during each fan-out measurement.
-Pipelined gets at 64 and 1,024 in flight are ``bench_roundtrip.py --window 64`` and
-``--window 1024``. Results: ``docs/reference/benchmarks.md``.
+Run ``python benchmarks/bench_targets.py --repeats 3`` (about 8 minutes on 2 cores): it measures
+every target and ends with one table of them (figure, baseline, ratio, goal, met or not).
+``--quick`` takes a few seconds (``tests/test_bench_targets_run.py`` runs it so this script
+cannot silently rot). ``--help`` lists the knobs; ``--only pipelined,codec,peers`` picks parts;
+``--profile DIR`` writes a pyinstrument text profile of the RAIN server during each fan-out
+measurement (``bench_roundtrip.py --profile`` does the same for pipelined gets). Results:
+``docs/reference/benchmarks.md``.
 
-Every process talks over ``tcp://127.0.0.1`` (ephemeral ports) with CURVE on. Three parts:
+Every process talks over ``tcp://127.0.0.1`` (ephemeral ports) with CURVE on. The parts:
 
-1. **fan-out**: one parameter published as fast as the server allows (a task on the server's
+1. **pipelined** (and the one-in-flight p50): ``bench_roundtrip.py``'s raw drain echo and full
+   server, each in a fresh child process, at 64 and at 1,024 requests in flight (interleaved,
+   raw then RAIN, once per repeat); the sequential p50 comes from the 64-in-flight runs;
+2. **codec**: ``bench_roundtrip.py``'s micro-benchmarks, encode+decode of a request against
+   orjson and building a request ``Command`` against building the dict;
+3. **fan-out**: one parameter published as fast as the server allows (a task on the server's
    loop calling ``publish`` and yielding after each) to 1, 10 and 100 subscribed sessions,
    against a raw CURVE ROUTER sending the same observe frames (encoded once per update) to as
    many DEALERs. Server and subscribers each run in their own child process; this process only
    steers and reads counters. Reported: updates delivered per second (summed over the
    subscribers, counted where they arrive) and server process CPU per delivered update.
-2. **publisher**: a plugin thread calling ``Parameter.publish`` in a tight loop while 100
+4. **publisher**: a plugin thread calling ``Parameter.publish`` in a tight loop while 100
    sessions observe it, and another client doing one ``get`` of a second parameter at a time:
    the get's p50/p99/max, against the same with the publisher stopped.
-3. **sessions**: 1,000 sessions opened to a server in a child process (64 establishing at
+5. **sessions**: 1,000 sessions opened to a server in a child process (64 establishing at
    once): server RSS growth per session and sessions established per second, against raw
-   DEALERs connecting to a CURVE ROUTER and exchanging one frame.
+   DEALERs connecting to a CURVE ROUTER and exchanging one frame;
+6. **peers**: ``bench_peers.py``'s stacks at 64 in flight (raw, RAIN with CURVE, lime-python,
+   caproto, asyncua; a peer whose package is missing is reported as skipped).
 
 Every phase is bounded in time (and every loop in count): a stuck phase fails, never hangs.
 Not part of the pytest suite's assertions: performance is measured here, never asserted.
@@ -53,6 +61,8 @@ import zmq.auth.thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_peers
+import bench_roundtrip
 from _common import KeyCheck, pipe_inbox, ratio
 
 from rain_envelopes.auth import ServerAuthenticator
@@ -66,11 +76,19 @@ EPOCH = "20260101T000000Z-0badcafe"
 VALUE = 21.5
 START_TIMEOUT = 60.0
 ASK_TIMEOUT = 60.0
-PARTS = ("fanout", "publisher", "sessions")
+PARTS = ("pipelined", "codec", "fanout", "publisher", "sessions", "peers")
+#: "A few milliseconds": the most a thread publisher may add to a get's p99 (issue 9, item 7).
+PUBLISHER_DELAY_GOAL_MS = 5.0
 
 
 @dataclass(frozen=True)
 class Settings:
+    windows: tuple[int, ...] = (64, 1024)
+    pipelined: int = 20000  # per run; at least 30 x the window (30,720 at 1,024)
+    sequential: int = 3000
+    codec_iterations: int = 20000
+    peer_requests: int = 6000
+    peer_window: int = 64
     fanout: tuple[int, ...] = (1, 10, 100)
     seconds: float = 3.0
     warmup: float = 1.0
@@ -84,8 +102,9 @@ class Settings:
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(fanout=(1, 4), seconds=0.5, warmup=0.2, publisher_sessions=4, gets=100,
-                   sessions=20, parallel=8)
+        return cls(windows=(8, 32), pipelined=200, sequential=50, codec_iterations=200,
+                   peer_requests=64, peer_window=8, fanout=(1, 4), seconds=0.5, warmup=0.2,
+                   publisher_sessions=4, gets=100, sessions=20, parallel=8)
 
 
 def observe_frame(seq: int) -> bytes:
@@ -672,6 +691,74 @@ async def sessions_raw(settings: Settings) -> Sessions:
     return Sessions((after - before) / settings.sessions / 1024, settings.sessions / elapsed)
 
 
+async def pipelined(window: int, settings: Settings, sequential: int
+                    ) -> dict[str, bench_roundtrip.Result]:
+    """``bench_roundtrip.py``'s raw echo and full server at ``window`` in flight, raw first."""
+    quick = settings.pipelined < 1000
+    config = bench_roundtrip.Settings(
+        sequential=sequential, pipelined=max(settings.pipelined, window * 30), window=window,
+        warmup=20 if quick else 300, codec_iterations=1, rounds=2 if quick else 3,
+    )
+    return {scenario: await bench_roundtrip.run_scenario(scenario, config)
+            for scenario in ("raw", "server")}
+
+
+PEER_STACKS = ("raw", "rain-curve", "lime", "caproto", "asyncua")
+
+
+async def peers(settings: Settings) -> tuple[dict[str, float], dict[str, str]]:
+    """(median gets/s per stack, why a stack was skipped), ``bench_peers.py``'s way."""
+    logging.getLogger("asyncua").setLevel(logging.ERROR)  # it warns of a shortened timeout
+    environment = bench_peers.loopback_ca_environment()
+    os.environ.update(environment)  # the caproto client reads it, in this process
+    config = bench_peers.Settings(
+        requests=settings.peer_requests, window=settings.peer_window,
+        rounds=2 if settings.peer_requests < 1000 else 3, repeats=settings.repeats,
+        stacks=PEER_STACKS,
+    )
+    skipped = {stack: why for stack in PEER_STACKS
+               if (why := bench_peers.available(stack)) is not None}
+    rates: dict[str, list[float]] = {stack: [] for stack in PEER_STACKS if stack not in skipped}
+    for _ in range(settings.repeats):  # interleaved, so a busy moment hits every stack alike
+        for stack in rates:
+            rates[stack].append(await bench_peers.run_stack(stack, config, environment))
+    return {stack: statistics.median(r) for stack, r in rates.items()}, skipped
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue 9's targets as measured: our figure, its baseline, and the verdict."""
+
+    label: str
+    ours: str
+    baseline: str
+    shown: str  # the ratio (or the added delay) as compared with the goal
+    goal: str
+    met: bool
+
+
+def ratio_target(label: str, ours: float, baseline: float, goal: float, higher: bool,
+                 digits: int = 0) -> Target:
+    value = ours / baseline if baseline else 0.0
+    met = value >= goal if higher else 0 < value <= goal
+    return Target(label, f"{ours:,.{digits}f}", f"{baseline:,.{digits}f}", f"{value:.2f}x",
+                  f"{'>=' if higher else '<='} {goal:g}x", met)
+
+
+def render_targets(targets: list[Target]) -> list[str]:
+    header = (f"{'issue 9 target (item 7)':<52}{'RAIN':>10}{'baseline':>10}{'ratio':>9}"
+              f"{'goal':>11}{'met':>5}")
+    lines = ["", header, "-" * len(header)]
+    for t in targets:
+        lines.append(f"{t.label:<52}{t.ours:>10}{t.baseline:>10}{t.shown:>9}{t.goal:>11}"
+                     f"{'yes' if t.met else 'NO':>5}")
+    lines.append("(baseline: raw pyzmq in the same run, but for the publisher row (the same"
+                 " server with the publisher stopped) and the peers row (the best peer))")
+    met = sum(t.met for t in targets)
+    lines.append(f"targets met: {met} of {len(targets)}")
+    return lines
+
+
 # =========================================================================== report
 
 
@@ -683,58 +770,149 @@ async def main_async(settings: Settings) -> list[str]:
     lines = [
         "RAIN targets benchmark: tcp://127.0.0.1, CURVE on, every server in a child process",
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, pyzmq {zmq.__version__},"
-        f" libzmq {zmq.zmq_version()}; medians of {settings.repeats} run(s),"
-        f" {settings.seconds:g} s per measurement",
+        f" libzmq {zmq.zmq_version()}, orjson {orjson.__version__}; medians of"
+        f" {settings.repeats} run(s), {settings.seconds:g} s per fan-out/publisher measurement",
         "ratio = RAIN / raw pyzmq",
     ]
+    targets: list[Target] = []
+    if "pipelined" in settings.parts:
+        header = (f"{'pipelined gets, full server':<34}{'raw req/s':>12}{'RAIN req/s':>12}"
+                  f"{'ratio':>8}{'raw cpu/req':>13}{'RAIN cpu/req':>14}{'ratio':>8}")
+        lines += ["", header, "-" * len(header)]
+        p50s: dict[str, list[float]] = {"raw": [], "server": []}
+        for window in settings.windows:
+            runs: dict[str, list[bench_roundtrip.Result]] = {"raw": [], "server": []}
+            first = window == settings.windows[0]
+            for _ in range(settings.repeats):
+                for scenario, result in (await pipelined(
+                        window, settings, settings.sequential if first else 20)).items():
+                    runs[scenario].append(result)
+                    if first:
+                        p50s[scenario].append(result.p50_us)
+            raw_rate = _median([r.throughput for r in runs["raw"]])
+            rate = _median([r.throughput for r in runs["server"]])
+            raw_cpu = _median([r.server_cpu_us for r in runs["raw"]])
+            cpu = _median([r.server_cpu_us for r in runs["server"]])
+            lines.append(f"{f'{window} in flight':<34}{raw_rate:>12,.0f}{rate:>12,.0f}"
+                         f"{ratio(rate, raw_rate):>8}{raw_cpu:>13,.1f}{cpu:>14,.1f}"
+                         f"{ratio(cpu, raw_cpu):>8}")
+            targets.append(ratio_target(f"pipelined gets, {window} in flight (req/s)", rate,
+                                        raw_rate, 0.5, higher=True))
+        raw_p50, p50 = _median(p50s["raw"]), _median(p50s["server"])
+        lines.append(f"{'p50, one request in flight (us)':<34}{raw_p50:>12,.1f}{p50:>12,.1f}"
+                     f"{ratio(p50, raw_p50):>8}")
+        lines.append("(cpu/req: server process CPU in us per request, pipelined)")
+        targets.append(ratio_target("p50, one request in flight (us)", p50, raw_p50, 1.2,
+                                    higher=False, digits=1))
+    if "codec" in settings.parts:
+        header = f"{'codec (ns per call, best of 5)':<46}{'RAIN':>10}{'orjson':>10}{'ratio':>8}"
+        lines += ["", header, "-" * len(header)]
+        rows: dict[str, list[tuple[float, float]]] = {}
+        for _ in range(settings.repeats):
+            for label, ours, baseline in bench_roundtrip.codec_rows(settings.codec_iterations):
+                rows.setdefault(label, []).append((ours, baseline))
+        medians = {label: (_median([o for o, _ in v]), _median([b for _, b in v]))
+                   for label, v in rows.items()}
+        for label, (ours, baseline) in medians.items():
+            short = label.removesuffix(" (ns)")
+            lines.append(f"{short:<46}{ours:>10,.0f}{baseline:>10,.0f}"
+                         f"{ratio(ours, baseline):>8}")
+        ours, baseline = medians["codec request encode+decode (ns)"]
+        targets.append(ratio_target("codec encode+decode of a request vs orjson (ns)", ours,
+                                    baseline, 3.0, higher=False))
+        ours, baseline = medians["build request: Command(...) vs dict (ns)"]
+        targets.append(ratio_target("building a request envelope vs the dict (ns)", ours,
+                                    baseline, 5.0, higher=False))
     if "fanout" in settings.parts:
         header = (f"{'fan-out of one parameter':<34}{'raw upd/s':>12}{'RAIN upd/s':>12}"
                   f"{'ratio':>8}{'raw cpu/upd':>13}{'RAIN cpu/upd':>14}{'ratio':>8}"
                   f"{'sub cpu/upd':>13}")
         lines += ["", header, "-" * len(header)]
         for sessions in settings.fanout:
-            runs: dict[str, list[FanOut]] = {"raw": [], "rain": []}
+            fruns: dict[str, list[FanOut]] = {"raw": [], "rain": []}
             for _ in range(settings.repeats):
                 for kind in ("raw", "rain"):
-                    runs[kind].append(await asyncio.to_thread(fanout, kind, sessions, settings))
-            raw = FanOut(*(_median([getattr(r, f) for r in runs["raw"]])
+                    fruns[kind].append(await asyncio.to_thread(fanout, kind, sessions, settings))
+            raw = FanOut(*(_median([getattr(r, f) for r in fruns["raw"]])
                            for f in ("rate", "server_cpu_us", "client_cpu_us")))
-            ours = FanOut(*(_median([getattr(r, f) for r in runs["rain"]])
-                            for f in ("rate", "server_cpu_us", "client_cpu_us")))
+            ours_f = FanOut(*(_median([getattr(r, f) for r in fruns["rain"]])
+                              for f in ("rate", "server_cpu_us", "client_cpu_us")))
             lines.append(
-                f"{f'observe to {sessions} session(s)':<34}{raw.rate:>12,.0f}{ours.rate:>12,.0f}"
-                f"{ratio(ours.rate, raw.rate):>8}{raw.server_cpu_us:>13,.1f}"
-                f"{ours.server_cpu_us:>14,.1f}{ratio(ours.server_cpu_us, raw.server_cpu_us):>8}"
-                f"{ours.client_cpu_us:>13,.1f}"
+                f"{f'observe to {sessions} session(s)':<34}{raw.rate:>12,.0f}"
+                f"{ours_f.rate:>12,.0f}{ratio(ours_f.rate, raw.rate):>8}"
+                f"{raw.server_cpu_us:>13,.1f}{ours_f.server_cpu_us:>14,.1f}"
+                f"{ratio(ours_f.server_cpu_us, raw.server_cpu_us):>8}"
+                f"{ours_f.client_cpu_us:>13,.1f}"
             )
+            if sessions == max(settings.fanout):
+                targets.append(ratio_target(
+                    f"observe fan-out to {sessions} sessions (updates/s)", ours_f.rate,
+                    raw.rate, 0.5, higher=True))
         lines.append("(cpu/upd: process CPU in us per delivered update; sub: RAIN subscribers)")
     if "publisher" in settings.parts:
         header = (f"{'get while a thread publishes':<34}{'p50 ms':>10}{'p99 ms':>10}"
                   f"{'max ms':>10}{'gets':>8}")
         lines += ["", header, "-" * len(header)]
         results = [await publisher(settings) for _ in range(settings.repeats)]
+        figures: list[tuple[float, float]] = []
         for index, label in ((0, "publisher stopped"), (1, "publisher running")):
-            picked = [r[index] for r in results]
+            picked = [r[1] if index else r[0] for r in results]
+            p99 = _median([p.p99_ms for p in picked])
+            figures.append((_median([p.p50_ms for p in picked]), p99))
             lines.append(
                 f"{label + f' ({settings.publisher_sessions} observers)':<34}"
-                f"{_median([p.p50_ms for p in picked]):>10,.2f}"
-                f"{_median([p.p99_ms for p in picked]):>10,.2f}"
+                f"{figures[-1][0]:>10,.2f}{p99:>10,.2f}"
                 f"{_median([p.max_ms for p in picked]):>10,.2f}"
                 f"{int(_median([p.count for p in picked])):>8}"
             )
         lines.append(f"publications/s from the plugin thread: "
                      f"{_median([r[2] for r in results]):,.0f}")
+        added = figures[1][1] - figures[0][1]
+        targets.append(Target(
+            f"get p99 while a thread publishes to {settings.publisher_sessions} (ms)",
+            f"{figures[1][1]:,.2f}", f"{figures[0][1]:,.2f}", f"{added:+.1f}ms",
+            f"<= +{PUBLISHER_DELAY_GOAL_MS:g}ms", added <= PUBLISHER_DELAY_GOAL_MS))
     if "sessions" in settings.parts:
         header = (f"{f'{settings.sessions} established sessions':<34}{'raw':>12}{'RAIN':>12}"
                   f"{'ratio':>8}")
         lines += ["", header, "-" * len(header)]
         raws = [await sessions_raw(settings) for _ in range(settings.repeats)]
         ours_runs = [await sessions_rain(settings) for _ in range(settings.repeats)]
+        picked_s: dict[str, tuple[float, float]] = {}
         for label, field in (("server memory per session (KiB)", "per_session_kib"),
                              ("sessions established per second", "per_second")):
             r = _median([getattr(x, field) for x in raws])
             o = _median([getattr(x, field) for x in ours_runs])
+            picked_s[field] = (o, r)
             lines.append(f"{label:<34}{r:>12,.1f}{o:>12,.1f}{ratio(o, r):>8}")
+        o, r = picked_s["per_session_kib"]
+        targets.append(Target(f"server memory per session, {settings.sessions} (KiB)",
+                              f"{o:,.1f}", f"{r:,.1f}", ratio(o, r), "<= 20 KiB", o <= 20.0))
+        o, r = picked_s["per_second"]
+        targets.append(Target("sessions established per second", f"{o:,.0f}", f"{r:,.0f}",
+                              ratio(o, r), ">= 1,000/s", o >= 1000.0))
+    if "peers" in settings.parts:
+        header = (f"{f'gets/s, {settings.peer_window} in flight':<34}{'gets/s':>12}"
+                  f"{'vs raw':>8}")
+        lines += ["", header, "-" * len(header)]
+        rates, skipped = await peers(settings)
+        raw_rate = rates.get("raw", 0.0)
+        for stack in PEER_STACKS:
+            label = bench_peers.LABELS[stack]
+            if stack in skipped:
+                lines.append(f"{label:<34}  skipped: {skipped[stack]}")
+            else:
+                lines.append(f"{label:<34}{rates[stack]:>12,.0f}"
+                             f"{ratio(rates[stack], raw_rate):>8}")
+        found = {s: rates[s] for s in ("lime", "caproto", "asyncua") if s in rates}
+        if found and "rain-curve" in rates:
+            best = max(found, key=lambda s: found[s])
+            lines.append(f"best peer: {bench_peers.LABELS[best]}")
+            targets.append(ratio_target(
+                f"gets/s at {settings.peer_window} in flight vs the best peer ({best})",
+                rates["rain-curve"], found[best], 3.0, higher=True))
+    if targets:
+        lines += render_targets(targets)
     return lines
 
 
@@ -742,6 +920,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny counts (a few seconds)")
     parser.add_argument("--only", help=f"comma-separated parts of {','.join(PARTS)}")
+    parser.add_argument("--windows", help="comma-separated requests in flight, e.g. 64,1024")
+    parser.add_argument("--pipelined", type=int, help="pipelined gets per run (>= 30 x window)")
+    parser.add_argument("--sequential", type=int, help="one-in-flight gets per run (the p50)")
+    parser.add_argument("--codec-iterations", type=int, help="calls per codec timing")
+    parser.add_argument("--peer-requests", type=int, help="gets per peer run")
+    parser.add_argument("--peer-window", type=int, help="gets in flight for the peers")
     parser.add_argument("--fanout", help="comma-separated subscriber counts, e.g. 1,10,100")
     parser.add_argument("--seconds", type=float, help="length of each measurement")
     parser.add_argument("--sessions", type=int, help="sessions to establish")
@@ -757,19 +941,26 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         if not set(parts) <= set(PARTS):
             parser.error(f"--only takes {', '.join(PARTS)}")
         changes["parts"] = parts
-    if args.fanout:
-        changes["fanout"] = tuple(int(n) for n in args.fanout.split(","))
-        if not all(1 <= n <= 1000 for n in changes["fanout"]):
-            parser.error("--fanout counts must be between 1 and 1,000")
+    for name, limit in (("windows", 100_000), ("fanout", 1000)):
+        text = getattr(args, name)
+        if text:
+            try:
+                counts = tuple(int(n) for n in text.split(","))
+            except ValueError:
+                parser.error(f"--{name} takes comma-separated whole numbers")
+            if not all(1 <= n <= limit for n in counts):
+                parser.error(f"--{name} counts must be between 1 and {limit:,}")
+            changes[name] = counts
     if args.seconds is not None:
         if not 0.1 <= args.seconds <= 120:
             parser.error("--seconds must be between 0.1 and 120")
         changes["seconds"] = args.seconds
-    for name in ("sessions", "publisher_sessions", "gets", "repeats"):
+    for name in ("sessions", "publisher_sessions", "gets", "repeats", "pipelined",
+                 "sequential", "codec_iterations", "peer_requests", "peer_window"):
         value = getattr(args, name)
         if value is not None:
-            if not 1 <= value <= 100_000:
-                parser.error(f"--{name.replace('_', '-')} must be between 1 and 100,000")
+            if not 1 <= value <= 10_000_000:
+                parser.error(f"--{name.replace('_', '-')} must be between 1 and 10,000,000")
             changes[name] = value
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)

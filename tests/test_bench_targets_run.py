@@ -60,6 +60,48 @@ def test_publisher_and_sessions_rows() -> None:
         assert len(re.findall(RATIO, _row(out, label))) == 1, out
 
 
+@pytest.mark.timeout(60)
+def test_target_table_names_every_measured_target_with_a_verdict() -> None:
+    # Two child servers (raw and RAIN) and the codec rows: the peers part is the peers script's
+    # own code, run by test_peers_row below.
+    out = _run("bench_targets.py", "--quick", "--only", "pipelined,codec", "--windows", "4",
+               "--pipelined", "100", "--sequential", "20", "--codec-iterations", "50",
+               timeout=50)
+    for label in ("4 in flight", "p50, one request in flight (us)"):
+        assert len(re.findall(RATIO, _row(out, label))) >= 1, out
+    assert len(re.findall(RATIO, _row(out, "codec request encode+decode"))) == 1, out
+    table = out[out.index("issue 9 target (item 7)"):]
+    rows = {
+        "pipelined gets, 4 in flight (req/s)": ">= 0.5x",
+        "p50, one request in flight (us)": "<= 1.2x",
+        "codec encode+decode of a request vs orjson (ns)": "<= 3x",
+        "building a request envelope vs the dict (ns)": "<= 5x",
+    }
+    for label, goal in rows.items():
+        line = _row(table.split("\n", 2)[2], label)
+        assert re.search(RATIO + r"\s+" + re.escape(goal) + r"\s+(yes|NO)$", line), line
+    met = re.search(r"targets met: (\d+) of (\d+)", table)
+    assert met is not None, table
+    assert int(met[2]) == len(rows), table
+    assert int(met[1]) == sum(row.endswith(" yes") for row in table.splitlines()), table
+
+
+def test_verdicts_compare_the_ratio_with_the_goal_in_the_right_direction() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_targets  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    check = bench_targets.ratio_target
+    assert check("rate", 50, 100, 0.5, higher=True).met
+    assert not check("rate", 49, 100, 0.5, higher=True).met
+    assert check("latency", 120, 100, 1.2, higher=False).met
+    assert not check("latency", 121, 100, 1.2, higher=False).met
+    assert not check("no baseline", 1, 0, 1.2, higher=False).met  # never met by a zero
+    row = check("latency", 121, 100, 1.2, higher=False)
+    assert (row.shown, row.goal) == ("1.21x", "<= 1.2x")
+
+
 @pytest.mark.parametrize("stack", ["lime", "caproto", "asyncua"])
 def test_peers_row(stack: str) -> None:
     module = {"lime": "lime_python", "caproto": "caproto", "asyncua": "asyncua"}[stack]
