@@ -585,15 +585,18 @@ class _Runner:
 
 
 class BlockingClient:
-    """A reconnecting RAIN client with blocking methods; see the module doc.
+    """A reconnecting RAIN client with blocking methods, for scripts, the interactive
+    interpreter and notebooks; how it works is in the docstring of ``rain_envelopes.sync``.
 
-    Usually made by :func:`connect`. The constructor starts the background thread and starts
-    connecting, without waiting (see :meth:`wait_established`). ``timeout`` is the default
-    limit of every call, in seconds; ``close_timeout`` bounds :meth:`close`. ``node``,
-    ``insecure``, ``backoff``, ``queue_length``, ``on_state`` (called in the client's thread:
-    keep it short, and do not call this client from it) and any other keyword
-    (``ping_interval``, ``transport_options``, ...) are those of
-    :class:`~rain_envelopes.client.Client`.
+    Usually made by ``rain_envelopes.sync.connect()``, which waits for the first session.
+    The constructor starts the background thread and starts connecting, without waiting (see
+    :meth:`wait_established`). ``timeout`` is the default limit of every call, in seconds;
+    ``close_timeout`` bounds :meth:`close`. ``key``, ``server_key`` and ``known_hosts`` are
+    taken as ``rain`` takes them (paths or objects; ``RAIN_KEY``, ``RAIN_SERVER_KEY`` and
+    ``RAIN_KNOWN_HOSTS`` from the environment when none is given). ``node``, ``insecure``,
+    ``backoff``, ``queue_length``, ``on_state`` (called in the client's thread: keep it short,
+    and do not call this client from it) and any other keyword (``ping_interval``,
+    ``transport_options``, ...) are those of :class:`~rain_envelopes.client.Client`.
 
     Raises KeyFileError for a missing or bad key, ConfigError for a bad option or an endpoint
     no installed transport handles, TypeError for a key of the wrong kind.
@@ -603,8 +606,8 @@ class BlockingClient:
         self,
         endpoint: str,
         *,
-        key: KeyArg | None = None,
-        server_key: ServerKeyArg | None = None,
+        key: Identity | str | os.PathLike[str] | None = None,
+        server_key: bytes | Identity | str | os.PathLike[str] | None = None,
         known_hosts: str | os.PathLike[str] | None = None,
         timeout: float = 10.0,
         close_timeout: float = 5.0,
@@ -812,8 +815,8 @@ def _value(resource: Any) -> Any:
 def connect(
     endpoint: str,
     *,
-    key: KeyArg | None = None,
-    server_key: ServerKeyArg | None = None,
+    key: Identity | str | os.PathLike[str] | None = None,
+    server_key: bytes | Identity | str | os.PathLike[str] | None = None,
     known_hosts: str | os.PathLike[str] | None = None,
     timeout: float = 10.0,
     connect_timeout: float | None = None,
