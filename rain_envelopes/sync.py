@@ -216,7 +216,7 @@ class _Sink:
                 raise TimeoutError(f"no update within {timeout:g} s")
             if not self.items:
                 if self.error is not None:
-                    raise self.error
+                    raise self.error.with_traceback(None)  # not one traceback per raise
                 raise StopIteration
             update = self.items.popleft()
             if self.dropped or self.restarted:
@@ -503,8 +503,10 @@ class _Runner:
         assert loop is not None
 
         def start() -> None:
-            if call.abandoned:
-                return  # the caller stopped waiting before we began
+            if call.abandoned:  # the caller stopped waiting before we began
+                with self._lock:
+                    self._pending.discard(call)
+                return
             call.task = loop.create_task(factory())
             call.task.add_done_callback(finish)
 
