@@ -203,7 +203,8 @@ def test_interactive_examples(page: str, blocks: list[tuple[str, str]]) -> None:
 def test_marked_programs_run(where: str, code: str, tmp_path: Path) -> None:
     script = tmp_path / "sample.py"
     script.write_text(code, "utf-8")
-    result = _run([str(script)])
+    # In a scratch folder: a program may write files (the key-file example of keys.md does).
+    result = _run([str(script)], cwd=tmp_path)
     assert result.returncode == 0, f"{where} failed:\n{result.stdout}\n{result.stderr}"
 
 
