@@ -498,6 +498,14 @@ def advertised_endpoints(endpoints: Iterable[str], addresses: Sequence[str]) -> 
     return list(dict.fromkeys(out))[:MAX_ENDPOINTS]
 
 
+def _is_loopback(endpoint: str) -> bool:
+    host = endpoint[len("tcp://"):].rpartition(":")[0]
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
 def _instance_label(node: str) -> str:
     # DNS-SD instance labels are free text but cannot hold a dot here, and at most 63 bytes.
     label = node.replace(".", "-")
@@ -556,6 +564,14 @@ class Advertisement:
             raise ConfigError(
                 f"nothing to advertise for {node}: no tcp:// endpoint among"
                 f" {', '.join(self.endpoints) or 'none'}"
+            )
+        if all(_is_loopback(endpoint) for endpoint in self.advertised) and not all(
+            ipaddress.ip_address(address).is_loopback for address in addresses
+        ):
+            log.warning(
+                "advertising %s with loopback endpoints only (%s): other hosts cannot reach"
+                " them; listen on this host's address or on tcp://0.0.0.0:PORT",
+                node, " ".join(self.advertised),
             )
         properties: dict[str, str] = {"v": TXT_VERSION, "node": node}
         if self.fingerprint is not None:

@@ -42,6 +42,7 @@ from rain_envelopes.discovery import (
 )
 from rain_envelopes.errors import ConfigError, SecurityCause
 from rain_envelopes.keys import Identity, format_public_key, load_public_key
+from rain_envelopes.server.config import parse_config
 from rain_envelopes.transport import ClientSecurity, transport_factory
 from tests.discovery.conftest import LOOPBACK, skip_without_mdns
 from tests.serverprocess import ServerProcess, rain_env
@@ -149,6 +150,20 @@ def test_wildcards_are_written_out_and_unreachable_endpoints_left_out() -> None:
         "tcp://192.168.1.5:4505", "tcp://10.0.0.2:4505",
         "tcp://192.168.1.5:4506", "tcp://10.0.0.2:4506", "tcp://10.1.2.3:4507",
     ]
+
+
+def test_discovery_config_is_checked(tmp_path: Path) -> None:
+    base = {"identity": "station@lab", "listen": ["tcp://127.0.0.1:0"], "insecure": True}
+    config = parse_config(base, base=tmp_path)
+    assert config.discovery.advertise is False  # off unless asked for
+    config = parse_config({**base, "discovery": {"advertise": True, "interfaces": "10.0.0.2"}},
+                          base=tmp_path)
+    assert config.discovery.advertise
+    assert config.discovery.interfaces == ("10.0.0.2",)
+    with pytest.raises(ConfigError, match=r"discovery\.interfaces\[0\]: expected an IPv4"):
+        parse_config({**base, "discovery": {"interfaces": ["fe80::1"]}}, base=tmp_path)
+    with pytest.raises(ConfigError, match=r"discovery\.advertize: unknown key; did you mean"):
+        parse_config({**base, "discovery": {"advertize": True}}, base=tmp_path)
 
 
 def test_rain_endpoints_need_a_node_name_and_a_pinned_key() -> None:
