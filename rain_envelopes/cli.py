@@ -862,6 +862,25 @@ def _cmd_authorize(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ serve
 
 
+def _metrics_for(server: Any, address: str | None) -> tuple[Any, tuple[str, int]]:
+    """`rain serve --metrics`: the server's ServerMetrics (None when not asked) and where."""
+    if not address:
+        return None, ("", 0)
+    from .metrics import ServerMetrics, parse_address
+
+    try:
+        where = parse_address(address)
+        return ServerMetrics(server), where
+    except ImportError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except ValueError as exc:
+        raise CliError(f"--metrics {exc}", EXIT_USAGE) from None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import Server, load_config
     from .server.config import configure_logging
@@ -873,6 +892,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     wanted = config.discovery.advertise if args.advertise is None else args.advertise
     advertising = _Advertising(wanted, config)  # checks the extra before any plugin runs
     server = Server.from_config(config)
+    metrics, metrics_at = _metrics_for(server, args.metrics)
 
     async def serve() -> int:
         loop = asyncio.get_running_loop()
@@ -911,9 +931,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 count = len(server.parameters)
                 _out(f"rain: serving {server.node} on {' '.join(server.endpoints)}"
                      f" ({count} parameter{'' if count == 1 else 's'}, process {pid})")
+                if metrics is not None:
+                    port = metrics.serve(*metrics_at)
+                    _out(f"rain: metrics at http://{_url_host(metrics_at[0])}:{port}/metrics")
                 await stop.wait()
                 _out("rain: shutting down")
             finally:
+                if metrics is not None:
+                    metrics.close()
                 if args.pid_file:
                     _remove_pid_file(Path(args.pid_file), pid)
         for future in reloads:
@@ -1188,6 +1213,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--pid-file", metavar="FILE",
                        help="write the process id to FILE once serving (removed on exit), so"
                             ' that `kill -HUP "$(cat FILE)"` reloads the keys')
+    serve.add_argument("--metrics", metavar="[HOST:]PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST default"
+                            " 127.0.0.1; PORT 0: any free one); off by default; needs the"
+                            " metrics extra")
 
     discover = commands.add_parser(
         "discover", help="list the servers advertised on the local network",

@@ -70,6 +70,8 @@ class PluginRuntime:
         self.epoch = epoch
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
+        #: Called with (role, seconds) after each call of plugin code when metrics are on.
+        self.on_call: Callable[[str, float], None] | None = None
 
     async def call(self, function: Func, *args: Any) -> Any:
         """Run a plugin function (sync in a worker thread, async on the loop) and return its
@@ -188,6 +190,16 @@ class LiveParameter:
     # ------------------------------------------------------------------ calling plugin code
 
     async def _call(self, role: str, function: Func, *args: Any) -> Any:
+        on_call = self.runtime.on_call
+        if on_call is not None:
+            started = time.perf_counter()
+            try:
+                return await self._call_plugin(role, function, *args)
+            finally:
+                on_call(role, time.perf_counter() - started)
+        return await self._call_plugin(role, function, *args)
+
+    async def _call_plugin(self, role: str, function: Func, *args: Any) -> Any:
         try:
             return await self.runtime.call(function, *args)
         except ParameterError:

@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import fastjsonschema
 
@@ -80,6 +80,9 @@ from .router import Router
 from .routing import Switchboard
 from .samples import new_epoch
 from .store import Durability, StateStore, StateStoreError, StoredValue
+
+if TYPE_CHECKING:
+    from ..metrics import ServerMetrics
 
 __all__ = ["Request", "ServedSession", "Server"]
 
@@ -153,6 +156,9 @@ class Server:
         #: Called for every message a client sends (after the automatic `received` receipt);
         #: raising makes the channel send a `failed` receipt instead of `consumed`.
         self.on_message: MessageHandler = self._log_message
+        #: Prometheus metrics (rain_envelopes.metrics.ServerMetrics attaches itself), or None:
+        #: then every hook below is one ``is None`` test.
+        self.metrics: ServerMetrics | None = None
         self.epoch = new_epoch()
         self._live: dict[str, LiveParameter] = {}
         router: Router[Handler] = Router()
@@ -250,6 +256,8 @@ class Server:
         self._runtime = PluginRuntime(
             self._executor, timeout=self.limits.plugin_timeout, epoch=self.epoch
         )
+        if self.metrics is not None:
+            self._runtime.on_call = self.metrics.plugin_call
         bound: list[Parameter] = []
         try:
             for name, param in self.parameters.items():
@@ -455,6 +463,8 @@ class Server:
                 transport.peer_address, reason.description,
             )
             # A coded `failed` (allowed before `new`), so the client learns why, then close.
+            if self.metrics is not None:
+                self.metrics.session_refused(reason.code)
             refused = ServerChannel(transport, node=self.node, authenticator=None)
             await refused.fail(reason)
             return
@@ -472,6 +482,8 @@ class Server:
         # command right behind its credentials, before this coroutine runs again.
         pipeline = self._pipeline
         channel.on_command = lambda command: pipeline.on_command(session, command)
+        if self.metrics is not None:
+            channel.on_command = self.metrics.wrap(channel.on_command)
         # A fault of the server itself (plugin faults are refusals with 101 by then).
         channel.handler_fault = _SERVER_FAULT
         channel.on_message = lambda message: self._on_message(session, message)
@@ -486,12 +498,17 @@ class Server:
                 logging.INFO, "session-not-established", peer,
                 "session from %s not established: %.200s", transport.peer_address, exc,
             )
+            if self.metrics is not None:
+                why = getattr(exc, "reason", None)
+                self.metrics.session_refused(why.code if isinstance(why, Reason) else None)
             await channel.close()
             return
         finally:
             self._establishing.discard(channel)
         self._sessions.add(session)
         self.switchboard.attach(session)
+        if self.metrics is not None:
+            self.metrics.session_established()
         who = session.identity or peer
         self.peer_log.event(
             logging.INFO, "session-established", who, "session established: %s as %s (from %s)",
@@ -508,6 +525,8 @@ class Server:
             )
 
     def _release(self, session: ServedSession) -> None:
+        if self.metrics is not None:
+            self.metrics.session_ended(session)  # before its subscriptions are let go
         for name, subscription in list(session.subscriptions.items()):
             subscription.close()
             live = self._live.get(name)
