@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 import orjson
 
 from .channel import ClientChannel, connect
-from .client import Client, ClientState, StateChange, Update
+from .client import Client, ClientState, StateChange, Update, parameter_uri
 from .envelopes import (
     Command,
     CommandMethod,
@@ -149,16 +149,15 @@ def _show_value(value: Any) -> str:
 
 
 def _uri(text: str) -> str:
-    """A parameter name means /params/NAME; URIs pass through. CliError for an empty name
-    (which would otherwise mean /params/, the whole list)."""
-    if not text.strip():
+    """A parameter name means /params/NAME; URIs pass through (client.parameter_uri). CliError
+    for an empty name (which would otherwise mean /params/, the whole list)."""
+    try:
+        return parameter_uri(text)
+    except ValueError:
         raise CliError(
             "an empty parameter name: give a name such as temperature, or /params for the list",
             EXIT_USAGE,
-        )
-    if text.startswith("/") or text.lower().startswith("lime://"):
-        return text
-    return f"/params/{text}"
+        ) from None
 
 
 def _label(uri: str) -> str:

@@ -81,9 +81,27 @@ __all__ = [
     "StateChange",
     "Update",
     "UpdateCallback",
+    "parameter_uri",
 ]
 
 log = logging.getLogger("rain.client")
+
+
+def parameter_uri(name_or_uri: str) -> str:
+    """``temperature`` -> ``/params/temperature``; a URI (``/...`` or ``lime://...``) is kept.
+
+    The one rule for "a parameter by name" of every client face (the CLI, the blocking API, the
+    dashboard). An empty name is refused rather than read as ``/params/``, the whole list.
+    Raises ValueError for an empty name, TypeError for anything but a string.
+    """
+    if not isinstance(name_or_uri, str):
+        raise TypeError(f"a parameter name or URI must be a string, got {type(name_or_uri)}")
+    text = name_or_uri.strip()
+    if not text:
+        raise ValueError("empty parameter name: give a name (temperature) or a URI (/params)")
+    if text.startswith("/") or text.lower().startswith("lime://"):
+        return text
+    return f"/params/{text}"
 
 
 class ClientState(StrEnum):

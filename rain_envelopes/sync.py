@@ -73,7 +73,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from .client import Backoff, Client, ClientState, StateChange, Update
+from .client import Backoff, Client, ClientState, StateChange, Update, parameter_uri
 from .envelopes import Command, Reason
 from .errors import ClientClosed, ConfigError, Disconnected, KeyFileError, ResponseTimeout
 from .keyfiles import load_identity, load_known_hosts, load_public_key
@@ -92,21 +92,6 @@ _MARGIN = 2.0
 
 KeyArg = Identity | str | os.PathLike[str]
 ServerKeyArg = bytes | Identity | str | os.PathLike[str]
-
-
-def parameter_uri(name_or_uri: str) -> str:
-    """``temperature`` -> ``/params/temperature``; a URI (``/...`` or ``lime://...``) is kept.
-
-    Raises ValueError for an empty name, TypeError for anything but a string.
-    """
-    if not isinstance(name_or_uri, str):
-        raise TypeError(f"a parameter name or URI must be a string, got {type(name_or_uri)}")
-    text = name_or_uri.strip()
-    if not text:
-        raise ValueError("empty parameter name: give a name (temperature) or a URI (/params)")
-    if text.startswith("/") or text.lower().startswith("lime://"):
-        return text
-    return f"/params/{text}"
 
 
 # ------------------------------------------------------------------------------ keys
