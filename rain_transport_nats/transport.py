@@ -81,6 +81,7 @@ from rain_envelopes.transport import (
 )
 
 from . import subjects
+from .fanout import JOINED, SERVER_CONTROL, ClientFanin, NatsFanoutMember, ServerFanout
 from .nkey import is_user_nkey, user_nkey, user_public_key, user_seed
 
 __all__ = [
@@ -271,9 +272,19 @@ async def _connect(
             **callbacks,
         )
     except Exception as exc:
-        await _quiet_close(client)
+        _abort(client)
         raise _connect_error(exc, where, identity) from None
     return client
+
+
+def _abort(client: NatsClient) -> None:
+    """Release a client whose connect failed. nats-py has no task left running then, and its
+    close() can wait forever on a TLS handshake that failed (nats-py 2.16), so only the socket
+    is closed."""
+    transport = getattr(client, "_transport", None)
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.close()
 
 
 def _connect_error(exc: Exception, where: str, identity: Identity | None) -> TransportError:
@@ -496,6 +507,8 @@ class NatsTransport(_Link):
         )
         self.peer_identity = format_public_key(security.server_key)
         self.peer_address = f"{self.endpoint.host}:{self.endpoint.port}"
+        # Topics the server fans out through the broker to this session (fanout.py).
+        self._fanin = ClientFanin(self, self._server)
 
     async def open(self) -> None:
         """Connect to the broker and open the session. Raises TransportError (no broker, no
@@ -567,6 +580,8 @@ class NatsTransport(_Link):
                 self._opening.set_exception(error)
 
     async def _on_error(self, error: Exception) -> None:
+        if self._fanin.on_error(error):
+            return  # a refused topic subscription: the server keeps sending directly
         if _is_permission_error(error):
             self._settle_opening(
                 HandshakeFailed(
@@ -608,6 +623,8 @@ class NatsTransport(_Link):
             self._end("the server ended the session")
         elif kind == subjects.HEARTBEAT:
             self._heard()
+        elif kind in SERVER_CONTROL:
+            self._fanin.on_control(kind, msg.data)
 
     async def _beat(self) -> None:
         interval = self._options.heartbeat_interval / 2
@@ -670,7 +687,12 @@ class NatsPeerTransport(_Link):
         self.client_nkey = client_nkey
         self.peer_identity = peer_identity
 
+    def fanout(self, name: str, variant: str) -> NatsFanoutMember | None:
+        """This session's membership of a topic published once through the broker."""
+        return self._listener.fanouts.member(self, name, variant)
+
     def _released(self) -> None:
+        self._listener.fanouts.forget(self)
         self._listener._forget(self)
 
 
@@ -712,6 +734,8 @@ class NatsTransportListener(TransportListener):
         self._started = False
         self._heartbeats: asyncio.Task[None] | None = None
         self.refused = 0
+        #: Topics published once for many sessions (fanout.py).
+        self.fanouts = ServerFanout(self)
         #: True once the start-up probe showed the broker enforces subject permissions.
         self.enforced = False
 
@@ -822,6 +846,9 @@ class NatsTransportListener(TransportListener):
                 peer._deliver(msg.data)
             elif route.kind == subjects.BYE:
                 peer._end("the client ended the session")
+            elif route.kind == JOINED:
+                peer._heard()
+                self.fanouts.on_joined(peer, msg.data)
             else:
                 peer._heard()
             return
