@@ -310,7 +310,7 @@ API_GROUPS: dict[str, tuple[str, ...]] = {
         "ChannelClosed", "KeyFileError", "ConfigError", "TransportError", "TransportClosed",
         "QueueFull", "TransportSecurityError", "NotDone", "Disconnected", "ResponseTimeout",
         "ClientClosed", "StateStoreError", "HandshakeFailed", "PeerGone",
-        "SecurityCause", "CommandRefused",
+        "SecurityCause", "EnvelopeKind", "CommandRefused",
     ),
 }
 

@@ -73,7 +73,7 @@ from .envelopes import (
     enum_member,
     wire_fault,
 )
-from .errors import EnvelopeDecodeError, EnvelopeValidationError
+from .errors import EnvelopeDecodeError, EnvelopeKind, EnvelopeValidationError
 from .node import Node
 
 __all__ = ["MAX_DEPTH", "MAX_ENVELOPE_SIZE", "check_value", "decode", "encode", "to_json_object"]
@@ -278,7 +278,9 @@ class _Reader:
 
     __slots__ = ("envelope_id", "kind", "obj", "path")
 
-    def __init__(self, obj: dict[str, Any], path: str, envelope_id: str | None, kind: str) -> None:
+    def __init__(
+        self, obj: dict[str, Any], path: str, envelope_id: str | None, kind: EnvelopeKind
+    ) -> None:
         self.obj = obj
         self.path = path
         self.envelope_id = envelope_id
@@ -491,23 +493,27 @@ def _fast_command(obj: dict[str, Any]) -> Command | None:
     return None if _lacks_wire_id(command) else command
 
 
-_KINDS: tuple[tuple[str, str, Callable[[_Reader], Envelope]], ...] = (
-    ("content", "message", _decode_message),
-    ("event", "notification", _decode_notification),
-    ("method", "command", _decode_command),
-    ("state", "session", _decode_session),
+_KINDS: tuple[tuple[str, EnvelopeKind, Callable[[_Reader], Envelope]], ...] = (
+    ("content", EnvelopeKind.MESSAGE, _decode_message),
+    ("event", EnvelopeKind.NOTIFICATION, _decode_notification),
+    ("method", EnvelopeKind.COMMAND, _decode_command),
+    ("state", EnvelopeKind.SESSION, _decode_session),
 )
 
 
 def _error(
-    message: str, obj: dict[str, Any], envelope_id: str | None, kind: str | None, code: int = 21
+    message: str,
+    obj: dict[str, Any],
+    envelope_id: str | None,
+    kind: EnvelopeKind | None,
+    code: int = 21,
 ) -> EnvelopeDecodeError:
     method = obj.get("method")
     known = isinstance(method, str) and method.lower() in _METHODS
     return EnvelopeDecodeError(
         message, code=code, envelope_id=envelope_id, kind=kind,
         method=method.lower() if known and isinstance(method, str) else None,
-        is_response=kind == "command" and obj.get("status") is not None,
+        is_response=kind is EnvelopeKind.COMMAND and obj.get("status") is not None,
     )
 
 
@@ -606,7 +612,7 @@ _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 def _check_integer_range(
-    raw: bytes | bytearray, obj: dict[str, Any], envelope_id: str | None, kind: str
+    raw: bytes | bytearray, obj: dict[str, Any], envelope_id: str | None, kind: EnvelopeKind
 ) -> None:
     def exact(text: str) -> int:
         value = int(text)

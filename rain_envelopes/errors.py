@@ -42,7 +42,8 @@ The four server errors live here, in the one tree, and are imported from
 because this module is below ``envelopes`` (the server's tests pin them to ``ReasonCode``).
 
 Kinds are enums, not loose strings: a :class:`TransportSecurityError`'s ``cause`` is a
-:class:`SecurityCause` (a StrEnum, so it still compares equal to ``"refused"`` and the rest).
+:class:`SecurityCause` and an :class:`EnvelopeDecodeError`'s ``kind`` an :class:`EnvelopeKind`
+(StrEnums, so they still compare equal to ``"refused"``, ``"command"`` and the rest).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ __all__ = [
     "ConfigError",
     "Disconnected",
     "EnvelopeDecodeError",
+    "EnvelopeKind",
     "EnvelopeValidationError",
     "EstablishTimeout",
     "HandshakeFailed",
@@ -112,12 +114,33 @@ class RemoteProtocolError(ProtocolError):
         self.code = code
 
 
+class EnvelopeKind(StrEnum):
+    """The four kinds of LIME envelope, as the codec tells them apart by their keys
+    (:attr:`EnvelopeDecodeError.kind`).
+
+    Members compare equal to the strings earlier versions used (``kind == "command"`` still
+    holds). The codec looks for the keys in this order: an object with a ``content`` is a
+    message whatever else it has, and so on down to ``state``.
+    """
+
+    #: Has a ``content``: a message, to be delivered (and perhaps receipted).
+    MESSAGE = "message"
+    #: Has an ``event``: a notification, a receipt about an earlier message.
+    NOTIFICATION = "notification"
+    #: Has a ``method``: a command, a request on a resource or the response to one.
+    COMMAND = "command"
+    #: Has a ``state``: a session envelope, a step of establishing or ending the session.
+    SESSION = "session"
+
+
 class EnvelopeDecodeError(RemoteProtocolError):
     """The bytes received are not a valid envelope.
 
     The message names the JSON path of the fault, e.g. ``$.reason.code: expected int, got str``.
     ``envelope_id`` is the ``id`` of the offending object when it could be read, so a reply can
-    echo it; ``kind`` is the envelope kind when it could be told ("command", "message", ...).
+    echo it; ``kind`` is the :class:`EnvelopeKind` when it could be told (None for bytes that
+    are not even a JSON object with one of the four telling keys). The protocol decides from
+    these three whether and how to answer the peer (``reply_to_error``).
     """
 
     def __init__(
@@ -126,12 +149,13 @@ class EnvelopeDecodeError(RemoteProtocolError):
         *,
         code: int = 21,
         envelope_id: str | None = None,
-        kind: str | None = None,
+        kind: EnvelopeKind | None = None,
         method: str | None = None,
         is_response: bool = False,
     ) -> None:
         super().__init__(message, code)
         self.envelope_id = envelope_id
+        #: What the offending object was, when its keys said so.
         self.kind = kind
         #: For a command: its method when readable, and whether it was a response (never answered).
         self.method = method

@@ -93,7 +93,13 @@ from .envelopes import (
     SessionEncryption,
     SessionState,
 )
-from .errors import CommandFailed, EnvelopeDecodeError, LocalProtocolError, RemoteProtocolError
+from .errors import (
+    CommandFailed,
+    EnvelopeDecodeError,
+    EnvelopeKind,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from .node import Node
 from .session import PROPOSAL_KEY, Phase, Role, SessionMachine
 
@@ -464,15 +470,15 @@ class _Protocol:
         if (
             not self.is_established
             or decode_error is None  # a step out of place: the session itself is broken
-            or decode_error.kind == "session"
+            or decode_error.kind == EnvelopeKind.SESSION
         ):
             self._fail_session(reason)
             return
-        if decode_error.kind == "notification" or decode_error.is_response:
+        if decode_error.kind == EnvelopeKind.NOTIFICATION or decode_error.is_response:
             return
         reply: Envelope
         if (
-            decode_error.kind == "command"
+            decode_error.kind == EnvelopeKind.COMMAND
             and decode_error.method
             and decode_error.method != CommandMethod.OBSERVE  # one-way: never a response
             and decode_error.envelope_id

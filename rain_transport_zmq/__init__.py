@@ -4,6 +4,7 @@ Registered for ``tcp://`` and ``ipc://`` endpoints through the ``rain_envelopes.
 entry-point group (both name :data:`ZMQ`), so ``rain_envelopes`` finds it without importing zmq.
 """
 
+from .client import LinkState
 from .options import ZmqOptions
 from .security import ZapAuthenticator, address_allowed, parse_allowlist
 from .transport import (
@@ -18,6 +19,7 @@ from .transport import (
 __all__ = [
     "ZMQ",
     "HandshakeFailed",
+    "LinkState",
     "PeerGone",
     "ZapAuthenticator",
     "ZmqOptions",

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
 
 import zmq
@@ -52,7 +53,25 @@ from ._io import Inbox, SocketPump, copy_error, int_option, monitor_events, open
 from .options import ZmqOptions
 from .security import client_curve_keys, server_curve_public
 
-__all__ = ["ZmqTransport"]
+__all__ = ["LinkState", "ZmqTransport"]
+
+
+class LinkState(StrEnum):
+    """Where a :class:`ZmqTransport` is in its one life (:attr:`ZmqTransport.state`).
+
+    It only moves forward: new -> opening -> open -> closed, or to closed from any of them
+    (a failed handshake, a dropped link, :meth:`~ZmqTransport.close`). Members compare equal
+    to the strings earlier versions kept (``state == "open"`` still holds).
+    """
+
+    #: Made, not yet opened: sends and receives wait for ``open()``.
+    NEW = "new"
+    #: ``open()`` is connecting and waiting for the CURVE handshake (at most ``open_timeout``).
+    OPENING = "opening"
+    #: Handshake done and the hello sent: frames flow both ways.
+    OPEN = "open"
+    #: Ended for good: one transport is one connection, so it never opens again.
+    CLOSED = "closed"
 
 
 def _handshake_error(event: int, value: int, endpoint: str, secure: bool) -> HandshakeFailed:
@@ -172,7 +191,7 @@ class ZmqTransport(Transport):
             host = self.endpoint[6:].rsplit(":", 1)[0].split(";")[-1]
             self.peer_address = host.strip("[]") or None
         self._context = context
-        self._state = "new"  # new -> opening -> open -> closed
+        self._state = LinkState.NEW  # only forward: see LinkState
         self._open_lock = asyncio.Lock()
         self._inbox = Inbox(on_take=self._on_take)
         self._sock: zmq.Socket[bytes] | None = None
@@ -188,8 +207,18 @@ class ZmqTransport(Transport):
         return f"<ZmqTransport {self.endpoint} {self._state}>"
 
     @property
+    def state(self) -> LinkState:
+        """Where the transport is in its life (see :class:`LinkState`)."""
+        return self._state
+
+    @property
     def closed(self) -> bool:
-        return self._state == "closed"
+        return self._state is LinkState.CLOSED
+
+    def _now(self) -> LinkState:
+        # The state read afresh after an await (where the type checker would keep what it
+        # saw before the await, though the link may have moved meanwhile).
+        return self._state
 
     # -------------------------------------------------------------------------- open
 
@@ -201,14 +230,14 @@ class ZmqTransport(Transport):
         no handshake completes within ``options.open_timeout`` (server down or unreachable), and
         TransportClosed after close. The transport is closed after any failure.
         """
-        if self._state == "open":
+        if self._state is LinkState.OPEN:
             return
         async with self._open_lock:
-            if self._state == "open":
+            if self._now() is LinkState.OPEN:  # opened while we waited for the lock
                 return
-            if self._state == "closed":
+            if self._state is LinkState.CLOSED:
                 raise self._error()
-            self._state = "opening"
+            self._state = LinkState.OPENING
             try:
                 await self._connect()
             except BaseException as exc:
@@ -217,9 +246,9 @@ class ZmqTransport(Transport):
                 else:
                     self._shutdown(TransportClosed(f"opening {self.endpoint} was interrupted"))
                 raise
-            if self._state != "opening":  # the link dropped right after the handshake
+            if self._state is not LinkState.OPENING:  # the link dropped just after the handshake
                 raise self._error()
-            self._state = "open"
+            self._state = LinkState.OPEN
             if self._curve is not None:
                 assert self.security.server_key is not None
                 self.peer_identity = format_public_key(self.security.server_key)
@@ -323,7 +352,7 @@ class ZmqTransport(Transport):
             log.debug("%s not reachable yet; retrying in %d ms", self.endpoint, value)
 
     def _lost(self, error: TransportError) -> None:
-        if self._state == "closed":
+        if self._state is LinkState.CLOSED:
             return
         # Frames that arrived before the drop are already ours: keep them for receive().
         self._drain(unbounded=True)
@@ -375,7 +404,7 @@ class ZmqTransport(Transport):
     async def receive(self) -> bytes:
         """The next frame. Raises TransportClosed once the link has ended, or the
         HandshakeFailed that ended it."""
-        if self._state == "new":
+        if self._state is LinkState.NEW:
             await self.open()
         return await self._inbox.get()
 
@@ -387,8 +416,8 @@ class ZmqTransport(Transport):
         Raises QueueFull when there is still no room, TransportClosed after the link ended,
         TypeError for anything but bytes.
         """
-        if self._state != "open":
-            if self._state == "closed":
+        if self._state is not LinkState.OPEN:
+            if self._state is LinkState.CLOSED:
                 raise self._error()
             await self.open()
         if not isinstance(data, bytes | bytearray | memoryview):
@@ -397,7 +426,7 @@ class ZmqTransport(Transport):
 
     async def receive_batch(self) -> list[bytes]:
         """The next frame and every frame queued behind it. Raises like :meth:`receive`."""
-        if self._state == "new":
+        if self._state is LinkState.NEW:
             await self.open()
         return await self._inbox.get_batch()
 
@@ -405,8 +434,8 @@ class ZmqTransport(Transport):
         """Send every frame in order: non-blocking sends while there is room, one pump kick;
         when the queue is full, wait for room as :meth:`send` does. Raises like :meth:`send`,
         leaving in ``frames`` the frame that failed and those after it."""
-        if self._state != "open":
-            if self._state == "closed":
+        if self._state is not LinkState.OPEN:
+            if self._state is LinkState.CLOSED:
                 raise self._error()
             await self.open()
         sent = 0
@@ -415,7 +444,7 @@ class ZmqTransport(Transport):
             for data in frames:
                 if not isinstance(data, bytes | bytearray | memoryview):
                     raise TypeError(f"send_batch() takes bytes, got {type(data).__name__}")
-                if sock is None or self._state == "closed":
+                if sock is None or self._now() is LinkState.CLOSED:
                     raise self._error()
                 try:
                     sock.send(data, zmq.NOBLOCK, copy=len(data) < ZERO_COPY_FROM)
@@ -449,7 +478,7 @@ class ZmqTransport(Transport):
     def _try_send(self, parts: list[bytes | bytearray | memoryview]) -> bool:
         """Send now if there is room: True if sent, False if the queue is full."""
         sock = self._sock
-        if sock is None or self._state == "closed":
+        if sock is None or self._state is LinkState.CLOSED:
             raise self._error()
         try:
             if len(parts) == 1:
@@ -497,7 +526,7 @@ class ZmqTransport(Transport):
         """Release everything now (sync: also called from loop callbacks). Idempotent."""
         if self._end_error is None:
             self._end_error = error
-        self._state = "closed"
+        self._state = LinkState.CLOSED
         for pump in self._pumps:
             pump.close()
         self._pumps, self._data_pump = [], None
@@ -520,5 +549,5 @@ class ZmqTransport(Transport):
 
     async def close(self) -> None:
         """Close the link and release its sockets. Idempotent; never raises."""
-        if self._state != "closed":
+        if self._state is not LinkState.CLOSED:
             self._shutdown(TransportClosed(f"transport to {self.endpoint} is closed"))

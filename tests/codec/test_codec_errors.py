@@ -18,7 +18,12 @@ from hypothesis import strategies as st
 
 from rain_envelopes import codec
 from rain_envelopes.codec import MAX_DEPTH, MAX_ENVELOPE_SIZE, decode
-from rain_envelopes.errors import EnvelopeDecodeError, ProtocolError, RemoteProtocolError
+from rain_envelopes.errors import (
+    EnvelopeDecodeError,
+    EnvelopeKind,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from tests import strategies as rs
 
 MESSAGE: dict[str, Any] = {"id": "m1", "type": "text/plain", "content": "hi"}
@@ -481,6 +486,8 @@ def test_envelope_id_is_carried_when_readable(
     error = decode_error(orjson.dumps(obj))
     assert error.envelope_id == expected_id
     assert error.kind == kind
+    # The kind is an EnvelopeKind member, which still equals the string of earlier versions.
+    assert error.kind is None if kind is None else error.kind is EnvelopeKind(kind)
 
 
 def test_command_errors_carry_method_and_direction() -> None:

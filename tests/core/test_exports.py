@@ -28,7 +28,7 @@ EXPECTED = {
     "ChannelClosed", "KeyFileError", "ConfigError", "TransportError", "TransportClosed",
     "QueueFull", "TransportSecurityError", "NotDone", "Disconnected", "ResponseTimeout",
     "ClientClosed", "StateStoreError", "CommandRefused",
-    "HandshakeFailed", "PeerGone", "SecurityCause",
+    "HandshakeFailed", "PeerGone", "SecurityCause", "EnvelopeKind",
 }
 
 
@@ -57,6 +57,7 @@ def test_errors_follow_the_documented_tree() -> None:
     assert issubclass(e.PeerGone, e.QueueFull)
     assert issubclass(e.PeerGone, e.TransportClosed)
     assert e.SecurityCause.REFUSED == "refused"  # the strings of earlier versions still match
+    assert e.EnvelopeKind.COMMAND == "command"
     # The tree is drawn in the errors module docstring: every class appears in it.
     import rain_envelopes.errors as errors_module
 
