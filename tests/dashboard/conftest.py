@@ -34,7 +34,7 @@ class Station:
     """The example weather station, with the example's access rules (everyone at irf reads,
     only alice sets), on one tcp port kept across :meth:`stop` and :meth:`start`."""
 
-    def __init__(self, extra: Iterable[Parameter] = ()) -> None:
+    def __init__(self, extra: Iterable[Parameter] = (), *, plugins: bool = True) -> None:
         self.key = Identity.generate()
         self.alice = Identity.generate()
         self.bob = Identity.generate()
@@ -43,6 +43,7 @@ class Station:
             self.bob.public_key_text: "bob@irf",
         })
         self.extra = list(extra)
+        self.plugins = plugins
         self.server: Server | None = None
         self.endpoint = "tcp://127.0.0.1:0"
 
@@ -52,7 +53,7 @@ class Station:
             AccessRule("alice@irf", "/params/*", frozenset({"set"})),
         ])
         server = Server(
-            [*load_plugins(PLUGINS), *self.extra], node="station@irf",
+            [*(load_plugins(PLUGINS) if self.plugins else []), *self.extra], node="station@irf",
             authenticator=ServerAuthenticator(self.keys), access=access,
             identity=self.key, authorized_keys=self.keys,
         )

@@ -1,16 +1,14 @@
 """The dashboard in a real browser: headless Chromium shows the weather station, follows it live,
 sets from the page, shows refusals and restarts, and renders hostile text as text.
 
-Set RAIN_DASHBOARD_SCREENSHOTS=DIR to save the screenshots the docs use (docs/images/).
+The screenshots in the docs are made by docs/screenshots.py, not by these tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +20,6 @@ from .browser import Page
 from .conftest import Station, running_dashboard
 
 pytestmark = pytest.mark.timeout(60)
-
-SCREENSHOTS = os.environ.get("RAIN_DASHBOARD_SCREENSHOTS")
 
 
 def _param(name: str, inside: str = "") -> str:
@@ -58,12 +54,6 @@ async def _set_from_page(page: Page, name: str, value: str) -> str:
         f" ? {result}.textContent : ''"))
 
 
-async def _screenshot(page: Page, name: str) -> None:
-    if SCREENSHOTS:
-        await asyncio.to_thread(Path(SCREENSHOTS).mkdir, parents=True, exist_ok=True)
-        await page.screenshot(Path(SCREENSHOTS) / name)
-
-
 async def test_the_page_shows_the_weather_station(station: Station, page: Page) -> None:
     async with running_dashboard(station.spec()) as dashboard:
         await _open(page, dashboard.url)
@@ -89,7 +79,6 @@ async def test_the_page_shows_the_weather_station(station: Station, page: Page) 
         assert await page.evaluate(
             f"[...{_param('simulate_storm', 'select')}.options].map(o => o.textContent)"
         ) == ["true", "false"]
-        await _screenshot(page, "dashboard.png")
 
 
 async def test_a_value_set_elsewhere_appears_within_a_second(
@@ -130,7 +119,6 @@ async def test_a_refused_set_shows_its_reason(station: Station, page: Page) -> N
         assert text == "refused (64): intervals over 10 minutes must be whole minutes"
         assert await page.evaluate(f"{_param('sampling_interval', 'output.result')}"
                                    ".classList.contains('refused')")
-        await _screenshot(page, "dashboard-refused.png")
         assert (await other.get("/params/sampling_interval")).resource["value"] == 2.0
 
 

@@ -286,7 +286,9 @@
 
   function trim(series, now) {
     const oldest = now - page.windowSeconds * 1000;
-    while (series.head < series.points.length && series.points[series.head][0] < oldest) series.head += 1;
+    // Keep the last point before the window: the line enters from the left edge, and a value
+    // that has not changed for longer than the window still shows.
+    while (series.head + 1 < series.points.length && series.points[series.head + 1][0] < oldest) series.head += 1;
     if (series.head > 512 && series.head * 2 > series.points.length) {
       series.points.splice(0, series.head);
       series.head = 0;
@@ -309,7 +311,8 @@
       const entry = page.servers.get(serverId);
       const card = entry && entry.params.get(name);
       const series = page.series.get(key);
-      if (card && card.plot && series) draw(card.plot, series, now);
+      // A parameter published when it changes holds its value until the next one: steps.
+      if (card && card.plot && series) draw(card.plot, series, now, typeof card.desc.interval !== "number");
     }
     page.dirty.clear();
     for (const stamp of page.fresh.values()) recordLatency(now - stamp);
@@ -321,7 +324,7 @@
     else { page.latencies[page.latencyHead] = ms; page.latencyHead = (page.latencyHead + 1) % MAX_LATENCIES; }
   }
 
-  function draw(canvas, series, now) {
+  function draw(canvas, series, now, step) {
     trim(series, now);
     const ratio = window.devicePixelRatio || 1;
     const width = Math.max(100, Math.round(canvas.clientWidth * ratio));
@@ -356,12 +359,15 @@
     for (let line = 0; line < series.lines; line += 1) {
       ctx.strokeStyle = COLORS[line % COLORS.length];
       ctx.beginPath();
-      let started = false;
+      let started = false, lastY = 0;
       for (let i = series.head; i < points.length; i += 1) {
         const px = x(points[i][0]), py = y(points[i][1][line]);
-        if (started) ctx.lineTo(px, py); else { ctx.moveTo(px, py); started = true; }
+        if (!started) { ctx.moveTo(px, py); started = true; }
+        else { if (step) ctx.lineTo(px, lastY); ctx.lineTo(px, py); }
+        lastY = py;
       }
-      if (points.length - series.head === 1) ctx.arc(x(points[series.head][0]), y(points[series.head][1][line]), 2 * ratio, 0, 2 * Math.PI);
+      if (step && started) ctx.lineTo(width, lastY);
+      else if (points.length - series.head === 1) ctx.arc(x(points[series.head][0]), y(points[series.head][1][line]), 2 * ratio, 0, 2 * Math.PI);
       ctx.stroke();
     }
   }
