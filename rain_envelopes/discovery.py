@@ -107,8 +107,10 @@ TXT_VERSION = "1"
 INTERFACES_ENV = "RAIN_DISCOVERY_INTERFACES"
 #: Seconds a client looks for a named server before giving up.
 RESOLVE_TIMEOUT = 3.0
-#: Seconds a client waits for the pinned server once only servers with another key answered.
-MISMATCH_GRACE = 0.5
+#: Seconds a client waits for the pinned server once only servers with another key answered:
+#: more than the second a responder may hold an answer back (RFC 6762 answers a record at most
+#: once a second by multicast), so a quicker impostor cannot win the race.
+MISMATCH_GRACE = 1.5
 #: Most endpoints one advertisement lists (a TXT record is small).
 MAX_ENDPOINTS = 16
 
@@ -531,6 +533,9 @@ class Advertisement:
     endpoints: Sequence[str]
     public_key: bytes | None
     interfaces: Sequence[str] | None = None
+    #: The DNS-SD instance name to ask for (default: the node, dots replaced); on a clash
+    #: zeroconf picks another. Clients match the TXT ``node``, never this name.
+    instance: str | None = None
     #: The endpoints in the TXT record, and the service name registered (set by start()).
     advertised: list[str] = field(default_factory=list)
     service: str = ""
@@ -580,7 +585,7 @@ class Advertisement:
             properties[f"ep{index}"] = endpoint
         port = int(self.advertised[0].rsplit(":", 1)[1])
         info = AsyncServiceInfo(
-            SERVICE_TYPE, f"{_instance_label(node)}.{SERVICE_TYPE}", port=port,
+            SERVICE_TYPE, f"{_instance_label(self.instance or node)}.{SERVICE_TYPE}", port=port,
             properties=properties, parsed_addresses=addresses, server=_host_label(),
         )
         zc = _zeroconf(interfaces)

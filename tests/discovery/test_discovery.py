@@ -314,6 +314,22 @@ async def test_advertise_discover_withdraw_and_an_impostor_refused(
         await resolve(node, server_key=claimed, timeout=0.5, interfaces=[LOOPBACK])
 
 
+async def test_a_second_server_claiming_the_name_is_passed_over(
+    station: Station, mdns: None
+) -> None:
+    """Someone else advertises the station's own name with another key: the client, which
+    pins the station's key, still finds the station (and never the other one)."""
+    other = load_public_key(station.other_pub)
+    async with Advertisement(station.node, ["tcp://127.0.0.1:9"], other,
+                             interfaces=[LOOPBACK], instance=f"squatter-{secrets.token_hex(3)}"):
+        # The squatter answers at once (it has just announced itself), the station up to a
+        # second later (it answered a moment ago, and mDNS repeats an answer at most once a
+        # second): the client must wait for it rather than give up on the first answer.
+        found = await resolve(station.node, server_key=load_public_key(station.station_pub),
+                              timeout=10, interfaces=[LOOPBACK])
+        assert found.endpoints == (station.process.endpoint,)
+
+
 async def test_serve_withdraws_its_advertisement_on_stop(station: Station, mdns: None) -> None:
     """Last in this module: it stops the shared server."""
     loop = asyncio.get_running_loop()
