@@ -294,13 +294,6 @@ def _empty(folder: Path) -> None:
     del folder
 
 
-def _rain(folder: Path, *args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "rain_envelopes", *args], cwd=folder, check=True,
-        capture_output=True, timeout=COMMAND_TIMEOUT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
 def _plugin_howto(folder: Path) -> None:
     """The how-to's project (its ``test: tree`` files) with keys made as in the tutorial, the
     client's exported as there, and the server on 127.0.0.1 rather than every interface."""
@@ -312,9 +305,16 @@ def _plugin_howto(folder: Path) -> None:
     config.write_text(
         config.read_text("utf-8").replace(f"0.0.0.0:{DOC_PORT}", "127.0.0.1:0"), "utf-8"
     )
-    _rain(folder, "keygen", "cryostat@irf", "--out", "keys/cryostat.key")
-    _rain(folder, "keygen", "alice@irf", "--out", "keys/alice.key")
-    _rain(folder, "authorize", "authorized_keys", "keys/alice.key.pub", "alice@irf")
+    # What `rain keygen` and `rain authorize` write (the tutorial's test types those out).
+    from rain_envelopes import AuthorizedKeys, Identity
+
+    (folder / "keys").mkdir()
+    Identity.generate().save(folder / "keys" / "cryostat.key")
+    alice = Identity.generate()
+    alice.save(folder / "keys" / "alice.key")
+    AuthorizedKeys.from_mapping({alice.public_key_text: "alice@irf"}).save(
+        folder / "authorized_keys"
+    )
 
 
 #: How the scratch folder of each page with shell blocks is prepared.

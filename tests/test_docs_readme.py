@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,25 @@ def test_the_tour_says_where_the_server_key_comes_from() -> None:
         assert "station.key.pub" in code, code
 
 
+@pytest.fixture(scope="module")
+def station(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, ServerProcess]]:
+    folder = tmp_path_factory.mktemp("readme")
+    site = _weather_site(_copy_examples(folder))
+    server = ServerProcess(site / "rain.toml", folder / "server.log")
+    try:
+        yield site, server
+    finally:
+        assert server.stop() == 0
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("index", range(2), ids=["async", "blocking"])
-def test_tour_programs_run_against_the_weather_station(index: int, tmp_path: Path) -> None:
+def test_tour_programs_run_against_the_weather_station(
+    index: int, station: tuple[Path, ServerProcess]
+) -> None:
     blocks = _python_blocks()
     assert len(blocks) == 2, "a new README program needs a case here"
-    site = _weather_site(_copy_examples(tmp_path))
-    server = ServerProcess(site / "rain.toml", tmp_path / "server.log")
+    site, server = station
     program = blocks[index]
     assert "127.0.0.1:4505" in program
     (site / "tour.py").write_text(
@@ -64,7 +77,8 @@ def test_tour_programs_run_against_the_weather_station(index: int, tmp_path: Pat
     )
     tour = Lines([sys.executable, "tour.py"], cwd=site)
     try:
-        # The value read, then at least two updates: the set and the subscription worked.
+        # The value read, then at least two updates: the set and the subscription worked
+        # (each program sets the interval the other set too, so the check below holds).
         tour.wait_for(r"^-?\d+(\.\d+)?$", timeout=60, count=3)
         assert tour.process.poll() is None, tour.lines
         done = subprocess.run(
@@ -76,4 +90,3 @@ def test_tour_programs_run_against_the_weather_station(index: int, tmp_path: Pat
         assert done.stdout.strip() == "sampling_interval 0.5", done.stdout + done.stderr
     finally:
         tour.stop()
-        assert server.stop() == 0
