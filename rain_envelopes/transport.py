@@ -31,6 +31,16 @@ The facts:
   away;
 - ``peer_address``: the peer's network address, for logs and allowlists; never trusted.
 
+Fan-out is optional: ``Transport.fanout(name, variant)`` returns a :class:`FanoutMember` when
+the transport can reach this peer, and every other peer of its listener that joins the same
+topic, with one publication per frame (a broker does the copying). The default returns None
+and the caller sends to each peer itself, as over ZeroMQ. A member goes through three steps:
+``await join()`` (the peer is made ready to receive the topic; False when it cannot be, and the
+caller keeps sending to it directly), ``admit()`` (synchronous: every frame the group publishes
+from now on reaches the peer, none published before does, and every frame sent directly to the
+peer before the call arrives before the group's) and ``leave()``. The group
+(:class:`FanoutGroup`) is shared by the members of one topic; ``publish`` never blocks.
+
 Everything else about a session is the session's: which compressions may be negotiated is a
 parameter of the server's channel and protocol (``compression_options``), compressing is done
 by the sans-I/O protocol, and nothing a transport carries changes the LIME rules.
@@ -65,6 +75,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClientSecurity",
+    "FanoutGroup",
+    "FanoutMember",
     "ServerSecurity",
     "Transport",
     "TransportFactory",
@@ -154,12 +166,56 @@ class Transport(ABC):
     def closed(self) -> bool:
         """True once the link has ended (closed by us or by the peer)."""
 
+    def fanout(self, name: str, variant: str) -> FanoutMember | None:
+        """This peer's membership of the topic ``name`` (what is published, such as a
+        parameter's name) in its ``variant`` (what distinguishes encodings of it, such as the
+        URI text a subscriber wrote), or None: the transport cannot publish once for many
+        peers, so the caller sends to each (the default; see the module docstring)."""
+        return None
+
     async def __aenter__(self) -> Transport:
         await self.open()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+class FanoutGroup(ABC):
+    """One topic of one listener: each frame published once reaches every admitted member."""
+
+    #: Frames published (each once, whatever the number of members).
+    published: int = 0
+
+    @abstractmethod
+    def publish(self, data: bytes) -> None:
+        """Publish ``data`` to every admitted member; never blocks, never raises (a member
+        whose link fails loses its link, as with a direct send)."""
+
+    @property
+    @abstractmethod
+    def members(self) -> int:
+        """How many members are admitted."""
+
+
+class FanoutMember(ABC):
+    """One peer's place in a :class:`FanoutGroup` (see the module docstring for the steps)."""
+
+    group: FanoutGroup
+
+    @abstractmethod
+    async def join(self) -> bool:
+        """Make the peer ready to receive the group's frames; False when it cannot be (then
+        keep sending to it directly). Never raises but CancelledError."""
+
+    @abstractmethod
+    def admit(self) -> None:
+        """From now on the group's frames reach the peer (after everything sent to it
+        directly so far), and no earlier ones. Only after ``join`` returned True."""
+
+    @abstractmethod
+    def leave(self) -> None:
+        """Stop the group's frames to this peer. Idempotent."""
 
 
 class TransportListener(ABC):

@@ -13,7 +13,12 @@ subject scheme of :mod:`rain_transport_nats.subjects`:
   ``rain.<S>.out.>``: it listens as itself and answers as itself, nothing else;
 - every authorised client key becomes a user that may publish ``rain.<S>.in.<C>.>`` for each
   server ``S`` that lets it in, and subscribe ``rain.*.out.<C>.>`` (the answers addressed to it);
-- a key that is both (a server that is also a client of another) gets the union.
+- a key that is both (a server that is also a client of another) gets the union;
+- fan-out (:mod:`rain_transport_nats.fanout`): each server may also publish ``rain.<S>.obs.>``,
+  and each client may subscribe ``rain.<S>.obs.<parameter>.*`` for the parameters the access
+  rules let it subscribe to (``rain.<S>.obs.>`` when there are no rules, or a rule's URI glob
+  covers every parameter). A rule whose glob the broker cannot express (``/params/temp*``)
+  grants nothing here: the server then sends those samples to that client directly.
 
 "Lets it in" means: the key is in that server's ``authorized_keys`` and, when the server has
 access rules, at least one rule's identity glob matches the key's name. A key no rule mentions
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +47,7 @@ from rain_envelopes.errors import ConfigError
 from rain_envelopes.keys import AuthorizedKeys, Identity, format_public_key, load_public_key
 from rain_envelopes.server.access import AccessRule
 
-from . import subjects
+from . import fanout, subjects
 from .nkey import user_nkey
 
 __all__ = [
@@ -64,6 +70,9 @@ class ServerGrant:
     server_key: bytes
     name: str
     clients: Mapping[bytes, str]
+    #: Per client key, the parameters it may hear through the broker's fan-out (None: all).
+    #: None for the whole mapping: every client hears every parameter (no access rules).
+    observable: Mapping[bytes, frozenset[str] | None] | None = None
 
 
 @dataclass
@@ -101,6 +110,12 @@ def nats_users(grants: Sequence[ServerGrant]) -> list[NatsUser]:
         for key, name in sorted(grant.clients.items()):
             publish, subscribe = subjects.client_permissions(user_nkey(key), [server])
             user(key).add(publish, subscribe, f"{name} -> {grant.name}")
+            names = None if grant.observable is None else grant.observable.get(key, frozenset())
+            if names is None:
+                hear = [fanout.observe_subscribe_permission(server, None)]
+            else:
+                hear = [fanout.observe_subscribe_permission(server, n) for n in sorted(names)]
+            user(key).add([], hear, f"{name} -> {grant.name}")
     return [users[nkey] for nkey in sorted(users)]
 
 
@@ -142,6 +157,24 @@ def _admitted(name: str, rules: Sequence[AccessRule] | None) -> bool:
     return any(rule.matches_identity(name) for rule in rules)
 
 
+_GLOB = re.compile(r"[*?\[]")
+_PARAMS = "/params/"
+
+
+def _observable(name: str, rules: Sequence[AccessRule]) -> frozenset[str] | None:
+    """The parameters ``name`` may subscribe to that the broker can express: None for all."""
+    names: set[str] = set()
+    for rule in rules:
+        if "subscribe" not in rule.methods or not rule.matches_identity(name):
+            continue
+        glob = rule.uri
+        if glob.endswith("*") and not _GLOB.search(glob[:-1]) and _PARAMS.startswith(glob[:-1]):
+            return None  # "*", "/*", "/params/*": every parameter
+        if not _GLOB.search(glob) and glob.startswith(_PARAMS) and "/" not in glob[len(_PARAMS):]:
+            names.add(glob[len(_PARAMS):])
+    return frozenset(names)
+
+
 def grant_for(
     server_key: bytes,
     name: str,
@@ -150,7 +183,10 @@ def grant_for(
 ) -> ServerGrant:
     """A server's grant: its authorised keys, less the names no access rule mentions."""
     clients = {key: who for key, who in authorized.items() if _admitted(who, rules)}
-    return ServerGrant(server_key, name, clients)
+    observable = (
+        None if rules is None else {key: _observable(who, rules) for key, who in clients.items()}
+    )
+    return ServerGrant(server_key, name, clients, observable)
 
 
 def from_server_configs(paths: Sequence[str | Path]) -> list[ServerGrant]:

@@ -106,7 +106,8 @@ def parse_inbound(subject: str) -> Route | None:
 
 def server_permissions(user: str) -> tuple[list[str], list[str]]:
     """(publish, subscribe) subjects a user needs to serve as itself."""
-    return [f"{ROOT}.{user}.out.>"], [f"{ROOT}.{user}.in.>"]
+    # out: answers to its sessions; obs: samples published once for all subscribers (fanout.py)
+    return [f"{ROOT}.{user}.out.>", f"{ROOT}.{user}.obs.>"], [f"{ROOT}.{user}.in.>"]
 
 
 def client_permissions(user: str, servers: list[str] | None) -> tuple[list[str], list[str]]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import fastjsonschema
 
 from ..codec import encode
-from ..envelopes import Command, CommandMethod, ReasonCode
+from ..envelopes import Command, CommandMethod, ReasonCode, SessionCompression
 from ..errors import (
     ChannelClosed,
     CommandRefused,
@@ -239,11 +239,19 @@ class ParamsResource:
         if previous is not None:
             previous.close()
             live.subscriptions.discard(previous)
+        channel = session.channel
+        # Through a broker each sample can leave once for all subscribers (Transport.fanout);
+        # a compressing session cannot share the bytes, so it is always sent to directly.
+        fanout = (
+            channel.transport.fanout(live.name, command.uri or "")
+            if channel.compression is SessionCompression.NONE
+            else None
+        )
         subscription = Subscription(
             live.name, command.uri or "", session.channel.send,
             maxlen=self._server.limits.queue_length,
             # Each sample is encoded once per URI text and the same bytes go to everyone.
-            cache=live.observes, send_encoded=session.channel.send_encoded,
+            cache=live.observes, send_encoded=session.channel.send_encoded, fanout=fanout,
         )
         # Registered and snapshotted with no await in between: every later sample is queued,
         # every earlier one is in the snapshot.

@@ -19,6 +19,17 @@ sample; a subscription with something to report in ``dropped``, or behind on an 
 builds its own. With a ``send_encoded`` function (the server passes the channel's) the shared
 bytes are queued as they are; without one (tests, other shells) the Command goes to ``send``.
 A subscription's task drains its whole queue on each wake-up.
+
+Fan-out through a broker: when the session's transport offers a fan-out member for the
+parameter and URI text (``Transport.fanout``; NATS does, ZeroMQ does not), the subscription
+asks it to ``join`` once the snapshot has gone. While it joins, samples still go to this
+session as above. Once joined, the task *admits* the member at a moment its queue is empty and
+no drop is waiting to be reported: from then on a sample is not queued here at all; the
+:class:`ObserveCache` publishes its shared bytes once per fan-out group (whatever the number of
+subscribers in it) and the transport guarantees that the session sees every sample exactly
+once, in order, the ones sent directly before those of the group. A subscriber in a group is
+not thinned by this server: a link that cannot keep up is ended by its transport, and the
+client sees any loss as a gap in ``seq`` (a sample's per-parameter sequence number).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ..codec import encode
 from ..envelopes import Command, CommandMethod
@@ -38,6 +50,9 @@ from ..errors import (
     TransportError,
 )
 from .samples import SAMPLE_TYPE, Sample
+
+if TYPE_CHECKING:
+    from ..transport import FanoutGroup, FanoutMember
 
 __all__ = ["ObserveCache", "Subscription"]
 
@@ -61,22 +76,32 @@ class ObserveCache:
     """The observe of the newest sample of one parameter, per URI text: built and encoded once
     for all its subscribers (see the module docstring)."""
 
-    __slots__ = ("_by_uri", "_sample")
+    __slots__ = ("_by_uri", "_published", "_sample")
 
     def __init__(self) -> None:
         self._sample: Sample | None = None
         self._by_uri: dict[str, tuple[Command, bytes]] = {}
+        self._published: set[FanoutGroup] = set()
 
     def get(self, uri: str, sample: Sample) -> tuple[Command, bytes]:
         """The observe of ``sample`` to ``uri`` (no ``dropped``), and its bytes."""
         if sample is not self._sample:
             self._sample = sample
             self._by_uri = {}
+            self._published = set()
         found = self._by_uri.get(uri)
         if found is None:
             observe = _observe(uri, sample, 0)
             found = self._by_uri[uri] = (observe, encode(observe))
         return found
+
+    def broadcast(self, uri: str, sample: Sample, group: FanoutGroup) -> None:
+        """Publish the observe of ``sample`` to ``uri`` through ``group``, once per sample
+        however many of the group's subscribers offer it."""
+        data = self.get(uri, sample)[1]
+        if group not in self._published:
+            self._published.add(group)
+            group.publish(data)
 
 
 class Subscription:
@@ -91,6 +116,7 @@ class Subscription:
         maxlen: int,
         cache: ObserveCache | None = None,
         send_encoded: SendEncodedFunction | None = None,
+        fanout: FanoutMember | None = None,
     ) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
@@ -101,6 +127,12 @@ class Subscription:
         self._send = send
         self._send_encoded = send_encoded
         self._cache = cache
+        # Fan-out (see the module docstring): the member, whether it has joined, and whether
+        # it was admitted (then samples go to its group, not to this queue).
+        self._fanout = fanout if cache is not None else None
+        self._joined = False
+        self.fanned_out = False
+        self._joining: asyncio.Task[None] | None = None
         self._queue: collections.deque[Sample] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -122,6 +154,12 @@ class Subscription:
         """Queue ``sample`` for pushing, dropping the oldest when full. Never blocks."""
         if self._closed:
             return
+        if self.fanned_out:
+            assert self._cache is not None
+            assert self._fanout is not None
+            self._cache.broadcast(self.uri, sample, self._fanout.group)
+            self.delivered += 1
+            return
         if len(self._queue) >= self.maxlen:
             self._queue.popleft()
             self._count_drops(1)
@@ -136,11 +174,26 @@ class Subscription:
         """Start pushing (after the subscribe response has been sent)."""
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._run(), name=f"rain-subscription {self.uri}")
+            if self._fanout is not None:
+                self._joining = asyncio.create_task(
+                    self._join(self._fanout), name=f"rain-fanout-join {self.uri}"
+                )
+
+    async def _join(self, member: FanoutMember) -> None:
+        if await member.join() and not self._closed:
+            self._joined = True
+            self._wakeup.set()
 
     async def _run(self) -> None:
         backoff = _BACKOFF_START
         while not self._closed:
             if not self._queue:
+                if self._joined and not self.pending_drops:
+                    # Nothing queued, nothing to report: the group takes over from here.
+                    assert self._fanout is not None
+                    self._fanout.admit()
+                    self.fanned_out = True
+                    return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -178,6 +231,10 @@ class Subscription:
         self._queue.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self._joining is not None and not self._joining.done():
+            self._joining.cancel()
+        if self._fanout is not None:
+            self._fanout.leave()
         self._wakeup.set()
 
     @property
