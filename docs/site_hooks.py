@@ -12,8 +12,8 @@ Theory of operation. Two small jobs, both at build time, neither touching the pa
 2. **Docstrings written for Sphinx read cleanly.** The package's docstrings use reST roles
    (``:class:`Client```) and ``::`` before literal blocks. mkdocstrings renders docstrings as
    Markdown, which leaves ``:class:`` in front of the code span; :func:`on_page_content` drops
-   the role (and the ``~module.`` prefix, as Sphinx would) from the HTML of API pages, and turns
-   the ``::`` that ends a paragraph into ``:``.
+   the role (and the ``~module.`` prefix, as Sphinx would) from the HTML of API pages, turns
+   the ``::`` that ends a paragraph into ``:`` and drops a ``::`` that stands alone.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ _ROLE = re.compile(
     r":(?:class|meth|func|data|attr|exc|mod|obj|const):"
     r"(?P<open><code[^>]*>)(?P<tilde>~)?(?P<text>[^<]+)</code>"
 )
+_LITERAL_ALONE = re.compile(r"<p>::</p>\s*")
 _LITERAL_INTRO = re.compile(r"::</p>")
 
 
@@ -94,7 +95,8 @@ def _role(match: re.Match[str]) -> str:
 
 def clean_docstring_html(html: str) -> str:
     """``html`` with reST roles and ``::`` paragraph ends rendered as a reader expects."""
-    return _LITERAL_INTRO.sub(":</p>", _ROLE.sub(_role, html))
+    html = _LITERAL_ALONE.sub("", _ROLE.sub(_role, html))
+    return _LITERAL_INTRO.sub(":</p>", html)
 
 
 def on_page_content(html: str, **_: Any) -> str:

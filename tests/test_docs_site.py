@@ -146,8 +146,8 @@ def test_docstring_roles_are_cleaned_as_sphinx_would() -> None:
     hooks = _hooks()
     html = (
         '<p>See :class:<code>Client</code> and :meth:<code>~rain_envelopes.Client.get</code>'
-        " for more::</p>"
+        " for more::</p>\n<p>::</p>\n<pre>code</pre>"
     )
     assert hooks.clean_docstring_html(html) == (
-        "<p>See <code>Client</code> and <code>get</code> for more:</p>"
+        "<p>See <code>Client</code> and <code>get</code> for more:</p>\n<pre>code</pre>"
     )
