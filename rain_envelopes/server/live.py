@@ -99,6 +99,9 @@ class LiveParameter:
         self.subscriptions: set[Subscription] = set()
         #: The observe of the newest sample per subscriber URI, shared by the subscriptions.
         self.observes = ObserveCache()
+        #: Called with every new sample after the subscriptions have it (an archiver's tap).
+        #: Must not block or raise.
+        self.sinks: list[Callable[[str, Sample], None]] = []
         #: Thread publications replaced by a newer one before the loop took them.
         self.coalesced = 0
         # The newest thread publication the loop has not taken yet, and its guard.
@@ -141,6 +144,8 @@ class LiveParameter:
         self.declaration._record(value)
         for subscription in self.subscriptions:
             subscription.offer(sample)
+        for sink in self.sinks:
+            sink(self.name, sample)
         return sample
 
     def _publish_logged(self, value: Any, timestamp: datetime) -> None:

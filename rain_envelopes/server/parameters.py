@@ -139,7 +139,9 @@ class Parameter:
     set a parameter that has no setter (the value is simply stored and published).
     ``persist=False`` keeps a settable parameter's value out of the server's state file, so a
     restart starts it from the plugin's initial value (by default the last value set is
-    restored before the server serves again).
+    restored before the server serves again). ``archive=True`` marks its samples for
+    store-and-forward to a central archive (``rain_transport_nats.archive``): the server does
+    nothing with the flag by itself; an archiver attached to it keeps those samples.
 
     Raises PluginError (naming the declaration's file and line) for a bad name, interval or
     schema.
@@ -156,6 +158,7 @@ class Parameter:
         interval: float | None = None,
         writable: bool = False,
         persist: bool = True,
+        archive: bool = False,
         getter: Func | None = None,
         setter: Func | None = None,
     ) -> None:
@@ -185,6 +188,7 @@ class Parameter:
             raise self._error(str(exc)) from None
         self.writable = bool(writable)
         self.persist = bool(persist)
+        self.archive = bool(archive)
         self.get_function: Func | None = getter
         self.set_function: Func | None = setter
         self.scan_function: Func | None = None
@@ -338,6 +342,7 @@ def parameter(
     interval: float | None = None,
     writable: bool = False,
     persist: bool = True,
+    archive: bool = False,
 ) -> Callable[[Func], Parameter]:
     """Decorator: declare a parameter whose getter is the decorated function.
 
@@ -356,6 +361,7 @@ def parameter(
             interval=interval,
             writable=writable,
             persist=persist,
+            archive=archive,
             getter=function,
         )
 
