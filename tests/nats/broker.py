@@ -13,7 +13,9 @@ Topologies:
 - one server: ``NatsServer(folder, "n1", authorization=block)``;
 - a cluster: start the first with ``cluster=True``, the others with ``routes=[first.route_url]``
   (:func:`start_cluster` does it for N servers and waits until each sees the others);
-- a leaf node: the hub with ``leafnodes=True``, the leaf with ``leaf_remotes=[hub.leaf_url]``.
+- a leaf node: the hub with ``leafnodes=True`` (and ``leaf_credentials=(user, password)`` when
+  it has an authorization block: leaf links authenticate like clients), the leaf with
+  ``leaf_remotes=[hub.leaf_url]``.
 
 ``extra`` is raw config text appended for anything else (JetStream, TLS, accounts).
 """
@@ -61,6 +63,7 @@ class NatsServer:
         cluster: bool = False,
         routes: Sequence[str] = (),
         leafnodes: bool = False,
+        leaf_credentials: tuple[str, str] | None = None,
         leaf_remotes: Sequence[str] = (),
         tls: str = "",
         extra: str = "",
@@ -70,7 +73,8 @@ class NatsServer:
         self.authorization = authorization
         self.cluster = cluster or bool(routes)
         self.routes = list(routes)
-        self.leafnodes = leafnodes
+        self.leafnodes = leafnodes or leaf_credentials is not None
+        self.leaf_credentials = leaf_credentials
         self.leaf_remotes = list(leaf_remotes)
         self.tls = tls
         self.extra = extra
@@ -93,7 +97,13 @@ class NatsServer:
                 f'cluster {{ name: "rain-test", listen: 127.0.0.1:-1, routes: [{routes}] }}'
             )
         if self.leafnodes:
-            parts.append("leafnodes { listen: 127.0.0.1:-1 }")
+            # With users in the authorization block, a leaf link must authenticate too: by
+            # its own user and password when given, else it is refused.
+            auth = ""
+            if self.leaf_credentials is not None:
+                user, password = self.leaf_credentials
+                auth = f', authorization {{ user: "{user}", password: "{password}" }}'
+            parts.append(f"leafnodes {{ listen: 127.0.0.1:-1{auth} }}")
         if self.leaf_remotes:
             remotes = ", ".join(f'{{ url: "{url}" }}' for url in self.leaf_remotes)
             parts.append(f"leafnodes {{ remotes: [{remotes}] }}")
@@ -225,7 +235,11 @@ class NatsServer:
 
     @property
     def leaf_url(self) -> str:
-        return f"nats-leaf://127.0.0.1:{self.ports['leafnode']}"
+        """Where a leaf node connects, with the leaf credentials when there are some."""
+        login = ""
+        if self.leaf_credentials is not None:
+            login = f"{self.leaf_credentials[0]}:{self.leaf_credentials[1]}@"
+        return f"nats-leaf://{login}127.0.0.1:{self.ports['leafnode']}"
 
     @property
     def log(self) -> str:
