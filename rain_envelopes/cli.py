@@ -759,7 +759,10 @@ async def _cmd_monitor(args: argparse.Namespace) -> int:
 async def _cmd_discover(args: argparse.Namespace) -> int:
     from .discovery import discover, format_table
 
-    servers = await discover(args.timeout, interfaces=args.interface)
+    try:
+        servers = await discover(args.timeout, interfaces=args.interface)
+    except TransportError as exc:  # multicast DNS cannot be used here (no route, port taken)
+        raise CliError(f"cannot browse the local network: {exc}", EXIT_UNREACHABLE) from None
     if args.json:
         _json_line([server.to_json() for server in servers])
         return EXIT_OK
