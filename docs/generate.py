@@ -74,7 +74,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "reference/wire-format.md": ("limits", "enums"),
     "reference/errors.md": ("error-tree",),
     "reference/api.md": ("api",),
-    "reference/transport-options.md": ("zmq-options",),
+    "reference/transport-options.md": ("zmq-options", "nats-options"),
     "reference/server.md": ("server-api",),
     "reference/config.md": ("config-keys", "config-limits"),
 }
@@ -610,15 +610,29 @@ def api() -> str:
 
 def zmq_options() -> str:
     """The ZeroMQ transport's options, from ``ZmqOptions``: its docstring table says why."""
-    import dataclasses
-
     from rain_transport_zmq import ZmqOptions
 
-    doc = ZmqOptions.__doc__ or ""
+    return _options_table(ZmqOptions, "why this value")
+
+
+def nats_options() -> str:
+    """The NATS transport's options, from ``NatsOptions``'s docstring table."""
+    from rain_transport_nats import NatsOptions
+
+    return _options_table(NatsOptions, "meaning")
+
+
+def _options_table(options: type, third: str) -> str:
+    """A transport options dataclass's docstring table as Markdown; ValueError when the table
+    and the fields differ."""
+    import dataclasses
+
+    doc = options.__doc__ or ""
+    owner = options.__name__
     lines = doc.splitlines()
     rulers = [index for index, line in enumerate(lines) if line.strip().startswith("=====")]
     if len(rulers) != 3:
-        raise ValueError("ZmqOptions docstring: expected one reST table (three ===== rulers)")
+        raise ValueError(f"{owner} docstring: expected one reST table (three ===== rulers)")
     ruler = lines[rulers[0]]
     starts = [match.start() for match in re.finditer(r"=+", ruler)]
     rows: list[list[str]] = []
@@ -632,17 +646,17 @@ def zmq_options() -> str:
         elif rows:
             rows[-1][2] = f"{rows[-1][2]} {cells[2]}".strip()
     documented: set[str] = set()
-    out = ["| option | default | why this value |", "|---|---|---|"]
+    out = [f"| option | default | {third} |", "|---|---|---|"]
     for name, default, why in rows:
         names = [part.strip() for part in name.split("/")]
         documented.update(names)
         why = re.sub(r"``([^`]+)``", r"`\1`", why)
         label = " / ".join(f"`{part}`" for part in names)
         out.append(f"| {label} | {default} | {why} |")
-    fields = {field.name for field in dataclasses.fields(ZmqOptions)}
+    fields = {field.name for field in dataclasses.fields(options)}
     if fields != documented:
         raise ValueError(
-            "ZmqOptions docstring table and fields differ: undocumented "
+            f"{owner} docstring table and fields differ: undocumented "
             f"{sorted(fields - documented)}, unknown {sorted(documented - fields)}"
         )
     return "\n".join(out) + "\n"
@@ -1091,6 +1105,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "error-tree": error_tree,
     "api": api,
     "zmq-options": zmq_options,
+    "nats-options": nats_options,
     "server-api": server_api,
     "config-keys": config_keys,
     "config-limits": config_limits,

@@ -119,7 +119,7 @@ class NatsOptions:
     max_queue            10000     received frames one link may hold unread; past it the
                                    link is ended (NATS cannot slow the sender down)
     tls_ca               None      CA file: turns on TLS to the broker, verifying it
-    tls_cert, tls_key    None      client certificate and key for brokers that ask for one
+    tls_cert / tls_key   None      client certificate and key for brokers that ask for one
     tls_hostname         None      name to verify in the broker's certificate (default:
                                    the endpoint's host)
     ===================  ========  ==========================================================
