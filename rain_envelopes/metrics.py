@@ -125,6 +125,9 @@ class ServerMetrics:
         self.registry.register(_Collector(self))
         self._http: Any = None
         server.metrics = self
+        runtime = getattr(server, "_runtime", None)  # already started: time plugin calls now
+        if runtime is not None:
+            runtime.on_call = self.plugin_call
 
     # ------------------------------------------------------------------ hooks
 

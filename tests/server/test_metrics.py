@@ -13,7 +13,7 @@ import pytest
 from rain_envelopes import ReasonCode
 from rain_envelopes.channel import connect
 from rain_envelopes.errors import CommandFailed, RainError
-from rain_envelopes.server import AccessPolicy, AccessRule, Parameter, Server
+from rain_envelopes.server import AccessPolicy, AccessRule, Parameter
 
 from .conftest import ZMQ, Keys, running_server
 
@@ -58,13 +58,8 @@ def _value(values: dict[Any, float], name: str, **labels: str) -> float:
 
 @pytest.mark.skipif(not ZMQ, reason="no ZMQ transport")
 async def test_metrics_count_what_the_server_does(keys: Keys) -> None:
-    server_box: list[Server] = []
-
     async with running_server(_parameters(), keys, "tcp", access=ACCESS) as server:
-        server_box.append(server)
-        # Attached after start in this test; the plugin timer is wired at start, so re-wire.
-        metrics = ServerMetrics(server)
-        server._runtime.on_call = metrics.plugin_call
+        metrics = ServerMetrics(server)  # after start: sessions from now on are counted
         port = await asyncio.to_thread(metrics.serve, "127.0.0.1", 0)
         try:
             before = await _scrape(port)
