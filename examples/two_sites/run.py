@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     make_keys()
     servers: list[subprocess.Popen[str]] = []
     status = 1
+    interrupted = False
     try:
         watch = [sys.executable, str(HERE.parent / "watch_many.py"), "--key", str(OPERATOR[1])]
         for folder, _, key_file, names in SITES:
@@ -96,17 +97,23 @@ def main(argv: list[str] | None = None) -> int:
             watch += ["--server", endpoint, str(HERE / folder / (key_file + ".pub")), names]
         if args.count:
             watch += ["--count", args.count]
+        client = subprocess.Popen(watch)
         try:
-            status = subprocess.run(watch, check=False).returncode
+            status = client.wait()
         except KeyboardInterrupt:
-            status = 0
+            # Ctrl-C reached the whole process group: the client closes its sessions and
+            # the servers shut down on their own; wait for them rather than kill anything.
+            interrupted = True
+            status = client.wait(timeout=30)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         for server in servers:
-            if server.poll() is None:
+            if server.poll() is None and not interrupted:
                 server.send_signal(signal.SIGINT)
         for server in servers:
             try:
-                code = server.wait(timeout=20)
+                code = server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
                 code = server.wait()
