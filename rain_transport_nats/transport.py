@@ -500,6 +500,7 @@ class NatsTransport(_Link):
         self._opening: asyncio.Future[None] | None = None
         self._heartbeats: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
+        self._shutting: asyncio.Future[None] | None = None
         super().__init__(
             None,
             subjects.to_server(self._server, self._client_nkey, self._session, ""),
@@ -635,11 +636,16 @@ class NatsTransport(_Link):
     def _released(self) -> None:
         if self._heartbeats is not None and self._heartbeats is not asyncio.current_task():
             self._heartbeats.cancel()
-        client = self._nc
-        if client is not None:
-            task = asyncio.ensure_future(self._shut(client))
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
+        self._start_shutting()
+
+    def _start_shutting(self) -> asyncio.Future[None] | None:
+        """Close the broker connection once, in the background; the task that does it (None
+        when there is no connection). ``close`` awaits the same task."""
+        if self._shutting is None and self._nc is not None:
+            self._shutting = asyncio.ensure_future(self._shut(self._nc))
+            _BACKGROUND.add(self._shutting)
+            self._shutting.add_done_callback(_BACKGROUND.discard)
+        return self._shutting
 
     @staticmethod
     async def _shut(client: NatsClient) -> None:
@@ -651,16 +657,15 @@ class NatsTransport(_Link):
         await _quiet_close(client)
 
     async def close(self) -> None:
-        if self._closed:
-            return
         if not self._opened:
             self._closed = True
             return
-        client = self._nc
         await super().close()
-        # Wait for the connection to go, so nothing is left running after close returns.
-        if client is not None:
-            await self._shut(client)
+        # Wait for the connection to go (whoever started closing it: our bye, or the peer's),
+        # so nothing is left running after close returns.
+        shutting = self._start_shutting()
+        if shutting is not None:
+            await asyncio.shield(shutting)
 
 
 # ------------------------------------------------------------------------------ server

@@ -208,10 +208,12 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
-        if process.stderr is not None:
-            process.stderr.close()
+        # The process has exited, so its stderr reaches EOF and the reader ends: join it
+        # before closing the pipe under it.
         if self._reader is not None:
             self._reader.join(timeout=5)
+        if process.stderr is not None:
+            process.stderr.close()
 
     # ------------------------------------------------------------------ addresses
 
