@@ -66,6 +66,7 @@ from .envelopes import (
     Notification,
     NotificationEvent,
     Reason,
+    ReasonCode,
     Session,
     SessionCompression,
     SessionEncryption,
@@ -78,9 +79,16 @@ from .node import Node
 
 __all__ = ["MAX_DEPTH", "MAX_ENVELOPE_SIZE", "check_value", "decode", "encode", "to_json_object"]
 
+#: Bytes of one frame ``decode`` reads at most (1 MiB); anything larger is refused before it is
+#: parsed, so a peer cannot make us build a huge object only to refuse it afterwards.
 MAX_ENVELOPE_SIZE = 1024 * 1024
+#: Levels of nested objects and arrays, the envelope itself being level 1. Deep enough for any
+#: real document; shallow enough that no recursive consumer of a decoded value (orjson when it
+#: writes it back, a JSON schema check) can hit Python's recursion limit.
 MAX_DEPTH = 64
 
+# The wire keys each kind owns. What is not among them is kept in ``extras`` on decode, and an
+# extra that bears one of them is refused on encode (it would overwrite a field).
 _COMMON_KEYS = frozenset({"id", "from", "to", "pp", "metadata"})
 _KIND_KEYS: dict[type[Envelope], frozenset[str]] = {
     Message: _COMMON_KEYS | {"type", "content"},
@@ -93,6 +101,7 @@ _KIND_KEYS: dict[type[Envelope], frozenset[str]] = {
     },
 }
 
+# Errors name JSON's types, not Python's: the peer wrote JSON and may not be written in Python.
 _JSON_TYPE_NAMES = {
     dict: "object", list: "array", str: "string", int: "integer", float: "number",
     bool: "boolean", type(None): "null",
@@ -107,6 +116,7 @@ def _type_name(value: object) -> str:
 
 
 def _reason_json(reason: Reason) -> dict[str, Any]:
+    """A reason as its wire object; no ``description`` key when there is none (no nulls)."""
     out: dict[str, Any] = {"code": reason.code}
     if reason.description is not None:
         out["description"] = reason.description
@@ -122,6 +132,8 @@ def to_json_object(envelope: Envelope) -> dict[str, Any]:
         fields = _command_object(envelope)
         if not envelope.extras:
             return fields
+        # Extras first, then the fields over them: a field always wins. (encode refuses a clash
+        # outright; here the object is only looked at, so it must not fail.)
         merged = dict(envelope.extras)
         merged.update(fields)
         return merged
@@ -130,6 +142,7 @@ def to_json_object(envelope: Envelope) -> dict[str, Any]:
         out.update(envelope.extras)
     if envelope.id is not None:
         out["id"] = envelope.id
+    # Node addresses travel as their text (name@domain/instance).
     if envelope.from_ is not None:
         out["from"] = str(envelope.from_)
     if envelope.to is not None:
@@ -145,6 +158,8 @@ def to_json_object(envelope: Envelope) -> dict[str, Any]:
             out["reason"] = _reason_json(envelope.reason)
     elif isinstance(envelope, Session):
         out["state"] = envelope.state.value
+        # The negotiation fields come in pairs: the options one side offers, and the one the
+        # other side chose. Either may be absent, depending on the step of the handshake.
         for key, value in (
             ("encryptionOptions", envelope.encryption_options),
             ("compressionOptions", envelope.compression_options),
@@ -177,6 +192,8 @@ def encode(envelope: Envelope) -> bytes:
     JSON-like, NaN or Infinity, an integer beyond 64 bits, a string with a lone surrogate), or
     when ``extras`` would shadow a field and so change the envelope.
     """
+    # The commonest case by far (every request and response of a running session) skips the
+    # dispatch: an exact class check, so a subclass of Command takes the general way.
     if envelope.__class__ is Command and envelope.extras is None:
         obj = _command_object(envelope)
     else:
@@ -223,6 +240,9 @@ def check_value(value: Any) -> None:
 
 
 def _dumps(obj: Any, max_depth: int, what: str) -> bytes:
+    """``obj`` as JSON bytes, refusing (EnvelopeValidationError, naming ``what``) whatever a
+    peer's ``decode`` would refuse. The checks cost a search of the output in the common case:
+    the walks of the object run only when the output says they could find something."""
     try:
         data = orjson.dumps(obj)
     except orjson.JSONEncodeError as exc:
@@ -243,6 +263,9 @@ _PRECEDENCE: tuple[tuple[type[Envelope], str], ...] = (
 
 
 def _check_extras(envelope: Envelope) -> None:
+    """Refuse extras that would change what the envelope says: a key of its own kind would be
+    written over a field, and a telling key of a kind LIME checks earlier (``content`` in a
+    command's extras, say) would make the peer read another kind of envelope altogether."""
     assert envelope.extras is not None
     forbidden = set(_KIND_KEYS[type(envelope)])
     for kind, key in _PRECEDENCE:
@@ -257,6 +280,9 @@ def _check_extras(envelope: Envelope) -> None:
 
 
 def _all_finite(value: Any) -> bool:
+    """True when no float in ``value`` is NaN or infinite. A loop with its own stack, not a
+    recursion: the value may be as deep as the depth limit allows (or deeper, before the
+    depth check has refused it)."""
     stack: list[Any] = [value]
     while stack:
         item = stack.pop()
@@ -286,7 +312,11 @@ class _Reader:
         self.envelope_id = envelope_id
         self.kind = kind
 
-    def fail(self, key: str, message: str, code: int = 21) -> EnvelopeDecodeError:
+    def fail(
+        self, key: str, message: str, code: int = ReasonCode.VALIDATION_ERROR
+    ) -> EnvelopeDecodeError:
+        """The error for ``key`` of this object: its JSON path, and LIME's code (21 invalid
+        envelope unless the field has a code of its own, such as 27 for a bad method)."""
         return _error(f"{self.path}.{key}: {message}", self.obj, self.envelope_id, self.kind, code)
 
     def string(self, key: str, *, required: bool = False) -> str | None:
@@ -301,16 +331,28 @@ class _Reader:
         return value
 
     def node(self, key: str) -> Node | None:
+        """A node address, or None. An empty string, or one that parses to an empty node, is
+        read as no address: some LIME peers write ``""`` for one they do not know. A malformed
+        address is code 25 (invalid node), so the reply says what was wrong with it."""
         text = self.string(key)
         if text is None or text == "":
             return None
         try:
             node = Node.parse(text)
         except EnvelopeValidationError as exc:
-            raise self.fail(key, str(exc), code=25) from None
+            raise self.fail(key, str(exc), code=ReasonCode.VALIDATION_INVALID_IDENTITY) from None
         return None if node.empty else node
 
-    def enum(self, key: str, enum: type[Any], *, required: bool = False, code: int = 21) -> Any:
+    def enum(
+        self,
+        key: str,
+        enum: type[Any],
+        *,
+        required: bool = False,
+        code: int = ReasonCode.VALIDATION_ERROR,
+    ) -> Any:
+        """The member of ``enum`` that the string at ``key`` names, or None when absent. An
+        unknown value is refused with ``code`` and a message listing the values allowed."""
         text = self.string(key, required=required)
         if text is None:
             return None
@@ -325,6 +367,8 @@ class _Reader:
         return member
 
     def enum_list(self, key: str, enum: type[Any]) -> tuple[Any, ...] | None:
+        """An array of enum values (a session's options), as a tuple of members; the path of
+        a fault names the item (``$.encryptionOptions[1]``)."""
         values = self.obj.get(key)
         if values is None:
             return None
@@ -349,6 +393,7 @@ class _Reader:
         return value
 
     def metadata(self) -> dict[str, str] | None:
+        """LIME metadata: an object whose values are all strings (``#expires`` and the like)."""
         value = self.obj_field("metadata")
         if value is not None:
             for meta_key, meta_value in value.items():
@@ -365,6 +410,7 @@ class _Reader:
         if not isinstance(value, dict):
             raise self.fail("reason", f"expected object, got {_type_name(value)}")
         code = value.get("code")
+        # A JSON true is a Python bool, which is an int: refused by name, it is no code.
         if isinstance(code, bool) or not isinstance(code, int):
             raise self.fail("reason.code", f"expected integer, got {_type_name(code)}")
         description = value.get("description")
@@ -381,6 +427,7 @@ class _Reader:
         return unknown or None
 
     def common(self) -> dict[str, Any]:
+        """The fields every kind has, as keyword arguments for its constructor."""
         return {
             "id": self.string("id"),
             "from_": self.node("from"),
@@ -398,6 +445,8 @@ class _Reader:
 def _decode_message(r: _Reader) -> Message:
     media_type = r.string("type", required=True)
     assert media_type is not None
+    # The content is any JSON value, taken as orjson made it: its size and depth were checked
+    # on the whole frame, and its media type is the application's business.
     return Message(
         media_type, r.obj["content"], extras=r.extras(_KIND_KEYS[Message]), **r.common()
     )
@@ -411,8 +460,10 @@ def _decode_notification(r: _Reader) -> Notification:
 
 
 def _decode_command(r: _Reader) -> Command:
-    method = r.enum("method", CommandMethod, required=True, code=27)
-    status = r.enum("status", CommandStatus, code=24)
+    method = r.enum(
+        "method", CommandMethod, required=True, code=ReasonCode.VALIDATION_INVALID_METHOD
+    )
+    status = r.enum("status", CommandStatus, code=ReasonCode.VALIDATION_INVALID_STATUS)
     command = Command(
         method, r.string("uri"), type=r.string("type"), resource=r.obj.get("resource"),
         status=status, reason=r.reason(), extras=r.extras(_KIND_KEYS[Command]), **r.common(),
@@ -435,14 +486,20 @@ def _lacks_wire_id(command: Command) -> bool:
 
 
 def _decode_session(r: _Reader) -> Session:
+    # An unknown state is an action the session machine cannot take (15); an unknown choice
+    # of encryption or compression is an option that cannot be negotiated (17); an unknown
+    # scheme is an authentication that cannot succeed (13). Each code says what failed.
+    invalid_options = ReasonCode.SESSION_NEGOTIATION_INVALID_OPTIONS
     return Session(
-        r.enum("state", SessionState, required=True, code=15),
+        r.enum("state", SessionState, required=True,
+               code=ReasonCode.SESSION_INVALID_ACTION_FOR_STATE),
         encryption_options=r.enum_list("encryptionOptions", SessionEncryption),
-        encryption=r.enum("encryption", SessionEncryption, code=17),
+        encryption=r.enum("encryption", SessionEncryption, code=invalid_options),
         compression_options=r.enum_list("compressionOptions", SessionCompression),
-        compression=r.enum("compression", SessionCompression, code=17),
+        compression=r.enum("compression", SessionCompression, code=invalid_options),
         scheme_options=r.enum_list("schemeOptions", AuthenticationScheme),
-        scheme=r.enum("scheme", AuthenticationScheme, code=13),
+        scheme=r.enum("scheme", AuthenticationScheme,
+                      code=ReasonCode.SESSION_AUTHENTICATION_FAILED),
         authentication=r.obj_field("authentication"),
         reason=r.reason(),
         extras=r.extras(_KIND_KEYS[Session]),
@@ -461,9 +518,12 @@ _STATUS_BY_VALUE = {member.value: member for member in CommandStatus}
 
 
 def _fast_command(obj: dict[str, Any]) -> Command | None:
+    # Any other key (from, to, pp, metadata, reason, or one unknown) needs the full reader.
     for key in obj:
         if key not in _FAST_COMMAND_KEYS:
             return None
+    # Exact types and exact values: "GET" or a subclass of str is legal but rare, and the full
+    # reader (which folds case) takes it, so the common case pays for no folding.
     raw_method = obj["method"]
     method = _METHOD_BY_VALUE.get(raw_method) if type(raw_method) is str else None
     if method is None:
@@ -493,6 +553,7 @@ def _fast_command(obj: dict[str, Any]) -> Command | None:
     return None if _lacks_wire_id(command) else command
 
 
+# The telling key of each kind, in the order LIME looks for them, with the kind's decoder.
 _KINDS: tuple[tuple[str, EnvelopeKind, Callable[[_Reader], Envelope]], ...] = (
     ("content", EnvelopeKind.MESSAGE, _decode_message),
     ("event", EnvelopeKind.NOTIFICATION, _decode_notification),
@@ -506,8 +567,12 @@ def _error(
     obj: dict[str, Any],
     envelope_id: str | None,
     kind: EnvelopeKind | None,
-    code: int = 21,
+    code: int = ReasonCode.VALIDATION_ERROR,
 ) -> EnvelopeDecodeError:
+    """The decode error, with what the protocol needs to answer it (``reply_to_error``): the
+    id to echo, the kind, and for a command its method (when it names one) and whether it
+    was a response (a response is never answered, so no two peers reply to each other's
+    errors forever)."""
     method = obj.get("method")
     known = isinstance(method, str) and method.lower() in _METHODS
     return EnvelopeDecodeError(
@@ -517,6 +582,7 @@ def _error(
     )
 
 
+# The method values, to tell whether an unreadable command names a method a reply could echo.
 _METHODS = frozenset(member.value for member in CommandMethod)
 
 
@@ -527,6 +593,8 @@ def _may_be_deep(data: bytes | bytearray, max_depth: int) -> bool:
 
 
 def _too_deep(value: Any, max_depth: int) -> bool:
+    """True when objects and arrays nest deeper than ``max_depth`` (the outermost is level 1).
+    Iterative, for the reason :func:`_all_finite` is; it stops at the first level too many."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -550,6 +618,8 @@ def decode(
 ) -> Envelope:
     """Parse one envelope. Raises EnvelopeDecodeError, and only that, for any bad input."""
     if isinstance(data, str):
+        # surrogatepass: a lone surrogate becomes bytes that are not UTF-8, so orjson refuses it
+        # below as every bad input is refused, instead of a UnicodeEncodeError escaping here.
         raw: bytes | bytearray = data.encode("utf-8", "surrogatepass")
     elif isinstance(data, memoryview):
         raw = data.tobytes()  # len() of a view counts items, which may be wider than a byte
@@ -563,11 +633,14 @@ def decode(
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        code = 22 if size == 0 else 21
+        code = (
+            ReasonCode.VALIDATION_EMPTY_DOCUMENT if size == 0 else ReasonCode.VALIDATION_ERROR
+        )
         raise EnvelopeDecodeError(f"$: not valid JSON: {exc}", code=code) from None
     if not isinstance(obj, dict):
         raise EnvelopeDecodeError(f"$: expected object, got {_type_name(obj)}")
     fast = None
+    # Only what LIME would read as a command: with a content or an event it is another kind.
     if "method" in obj and "content" not in obj and "event" not in obj:
         fast = _fast_command(obj)
         # Without a resource every value the fast path took is a string: one level deep, no
@@ -579,8 +652,11 @@ def decode(
     long_digits = _LONG_DIGITS.search(raw) is not None
     if fast is not None and not too_deep and not long_digits:
         return fast
+    # The id is read before anything can fail, so every error below can carry it back; one
+    # that is not a non-empty string cannot be echoed and is left out.
     raw_id = obj.get("id")
     envelope_id = raw_id if isinstance(raw_id, str) and raw_id else None
+    # The first telling key, in LIME's order, decides the kind (see _KINDS).
     kind_key = next((entry for entry in _KINDS if entry[0] in obj), None)
     if kind_key is None:
         raise _error(
@@ -596,6 +672,9 @@ def decode(
     try:
         envelope = decoder(reader)
     except EnvelopeValidationError as exc:
+        # A constructor's rule broke. Its WireFault names the wire key and the LIME code, so
+        # the error reads as if the codec had checked the rule itself; an error without one
+        # (a rule about the whole envelope) is reported at the root.
         fault = wire_fault(exc)
         if fault is None:
             raise _error(f"$: {exc}", obj, envelope_id, kind) from None
@@ -614,6 +693,10 @@ _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 def _check_integer_range(
     raw: bytes | bytearray, obj: dict[str, Any], envelope_id: str | None, kind: EnvelopeKind
 ) -> None:
+    """Refuse the frame when an integer in it does not fit 64 bits (signed below zero,
+    unsigned above), read exactly by the standard library's parser; the digits may as well
+    sit in a string, in which case nothing is found and nothing is refused."""
+
     def exact(text: str) -> int:
         value = int(text)
         if not _INT_MIN <= value <= _INT_MAX:

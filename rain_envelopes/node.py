@@ -4,6 +4,16 @@ The identity is ``name@domain``. Parsing follows LIME: split on the first ``@``;
 the first ``/``; the instance is everything after it and may itself contain ``/``. Each part
 compares case-insensitively, so ``Alice@IRF`` and ``alice@irf`` are the same node.
 
+Why it matters. A node address is what a server routes by and what it decides identity from,
+so two texts that mean the same node must compare equal (case), and no value may be built whose
+text reads back as another node (a ``/`` in a domain, an ``@`` in a domainless instance): the
+constructor refuses those, so the text form of any Node parses back to the same Node.
+Identity is never taken from an address a peer claims; the session layer replaces the claimed
+``name@domain`` with the proven one and keeps only the instance (see ``protocol.py``).
+
+An empty part is no part: ``Node("", "irf")`` is ``Node(None, "irf")``, so the text form never
+has a dangling separator that some peer would read differently.
+
 This module imports nothing beyond the standard library: it is part of the pure protocol core.
 """
 
@@ -15,13 +25,22 @@ from .errors import EnvelopeValidationError
 
 __all__ = ["Node"]
 
+# Longer addresses are no real node's: refused before they are split, so a peer cannot make
+# every envelope it sends cost a long parse.
 _MAX_NODE_LENGTH = 1024
+# Whitespace and NUL inside an address would break the text form in logs and in the key files
+# that name identities, and no LIME implementation produces them.
 _FORBIDDEN = frozenset("\x00\r\n\t ")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Node:
-    """A node address. ``Node.parse("alice@irf/lab")`` or ``Node("alice", "irf", "lab")``."""
+    """A node address. ``Node.parse("alice@irf/lab")`` or ``Node("alice", "irf", "lab")``.
+
+    Frozen and hashable: nodes are kept in sets (the server's registry of connected nodes)
+    and compare case-insensitively, part by part (``eq=False`` because the comparison is ours,
+    not the dataclass's field-by-field one).
+    """
 
     name: str | None = None
     domain: str | None = None
@@ -35,6 +54,7 @@ class Node:
             if not isinstance(part, str):
                 raise EnvelopeValidationError(f"node {part_name} must be a string")
             if part == "":
+                # Frozen, so the normalisation goes around __setattr__ (as dataclasses do).
                 object.__setattr__(self, part_name, None)
             elif _FORBIDDEN.intersection(part):
                 raise EnvelopeValidationError(f"node {part_name} {part!r} contains whitespace")
@@ -65,6 +85,7 @@ class Node:
         name: str | None
         rest: str
         if "@" in text:
+            # The first '@' ends the name: a later one belongs to the instance.
             name, rest = text.split("@", 1)
         else:
             name, rest = None, text
@@ -74,6 +95,7 @@ class Node:
                 return cls(name or None, None, instance or None)
             return cls(rest or None, None, None)
         if "/" in rest:
+            # The first '/' ends the domain; the instance keeps any later ones ("lab/rack2").
             domain, instance = rest.split("/", 1)
         else:
             domain, instance = rest, ""
@@ -113,6 +135,9 @@ class Node:
         return f"Node({str(self)!r})"
 
     def _key(self) -> tuple[str | None, str | None, str | None]:
+        # What equality and the hash are made of: the three parts, case-folded. Folding on
+        # each comparison rather than storing folded parts keeps the text as it was written
+        # for display, at the cost of a casefold that only addresses of a few bytes pay.
         return (_fold(self.name), _fold(self.domain), _fold(self.instance))
 
     def __eq__(self, other: object) -> bool:
@@ -125,4 +150,5 @@ class Node:
 
 
 def _fold(part: str | None) -> str | None:
+    # casefold, not lower: it also matches forms that lower() leaves apart (German sharp s).
     return None if part is None else part.casefold()

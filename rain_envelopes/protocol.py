@@ -130,7 +130,7 @@ DEFAULT_COMPRESSION_OPTIONS: tuple[SessionCompression, ...] = (
 PING_URI = "/ping"
 PING_MEDIA_TYPE = "application/vnd.lime.ping+json"
 
-_S = SessionState
+_S = SessionState  # the states are named on nearly every line below
 _GZIP_WBITS = 31  # zlib with a gzip header and trailer
 _E = TypeVar("_E", bound=StrEnum)
 
@@ -160,6 +160,8 @@ class Proposal:
     node: Node | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The proposal as its wire object. ``authentication`` goes only with a ``scheme``: a
+        credential without the scheme it answers would mean nothing to the server."""
         out: dict[str, Any] = {"compression": self.compression}
         if self.encryption is not None:
             out["encryption"] = self.encryption
@@ -179,6 +181,8 @@ class Proposal:
                 f"{PROPOSAL_KEY}{what}", code=ReasonCode.SESSION_ERROR
             )
 
+        # Only the shape is checked here: values stay strings, and one this side does not know
+        # is judged stage by stage (nothing to take, so the plain offer), never refused here.
         if not isinstance(value, Mapping):
             raise bad(" must be an object")
         strings: dict[str, str | None] = {}
@@ -227,6 +231,8 @@ Event = Envelope | RequestFailed
 
 
 def _gzip(data: bytes) -> bytes:
+    """One frame as a complete gzip stream. Each frame stands alone (no shared dictionary
+    across frames), so a frame lost or dropped for a full queue never spoils the next."""
     compressor = zlib.compressobj(6, zlib.DEFLATED, _GZIP_WBITS)
     return compressor.compress(data) + compressor.flush()
 
@@ -252,6 +258,8 @@ class NodeRegistry:
 
     def __init__(self) -> None:
         self._nodes: set[Node] = set()
+        # Instances the registry fills in: a random prefix per registry (per server run) and a
+        # counter, so an instance given out before a restart is unlikely to be given again.
         self._counter = itertools.count(1)
         self._prefix = secrets.token_hex(3)
 
@@ -267,6 +275,7 @@ class NodeRegistry:
         return node
 
     def unregister(self, node: Node | None) -> None:
+        """Forget ``node`` (its session has ended), so the address may be used again."""
         if node is not None:
             self._nodes.discard(node)
 
@@ -278,7 +287,14 @@ class NodeRegistry:
 
 
 class _Protocol:
-    """What both sides share: the state machine, framing, compression and error replies."""
+    """What both sides share: the state machine, framing, compression and error replies.
+
+    Every envelope in or out passes the :class:`~rain_envelopes.session.SessionMachine` first,
+    so no code here needs to ask whether a step is allowed: a step out of place has already
+    raised (LocalProtocolError for ours, RemoteProtocolError 15 for the peer's). Two queues are
+    the whole I/O boundary: ``_out`` (frames, already compressed when the session compresses)
+    and ``_events`` (what the shell must act on), both taken whole by their readers.
+    """
 
     role: Role
 
@@ -342,6 +358,8 @@ class _Protocol:
         self._queue(envelope)
 
     def _queue(self, envelope: Envelope) -> None:
+        # Compression is read per frame: the frame that confirms it (the echo) is encoded
+        # before the switch, every frame after it with it (see the module docstring).
         data = encode(envelope)
         if self.compression is SessionCompression.GZIP:
             data = _gzip(data)
@@ -356,6 +374,8 @@ class _Protocol:
         if self.closed:
             raise RemoteProtocolError("the session has ended", code=ReasonCode.SESSION_ERROR)
         if self.compression is SessionCompression.GZIP:
+            # Inflated under the same size limit decode applies, so a small frame cannot
+            # become a large envelope.
             data = _gunzip(data, self.max_envelope_size)
         try:
             envelope = decode(data, max_size=self.max_envelope_size)
@@ -365,6 +385,8 @@ class _Protocol:
                 # once instead of a misleading timeout later.
                 self._events.append(RequestFailed(exc.envelope_id, exc))
             raise
+        # Session envelopes drive the handshake (each side's own rules); everything else is
+        # traffic, which the machine lets through only where the transition table says so.
         if isinstance(envelope, Session):
             self._receive_session(envelope)
         else:
@@ -441,6 +463,7 @@ class _Protocol:
             self.send(envelope)
 
     def _receive_session(self, envelope: Session) -> None:
+        """Take one session envelope from the peer: the side's part of the handshake."""
         raise NotImplementedError
 
     def _check_session_id(self, envelope: Session) -> None:
@@ -492,6 +515,8 @@ class _Protocol:
         self.send(reply)
 
     def _fail_session(self, reason: Reason) -> None:
+        """End the session on a protocol error of the peer's: the server says ``failed``, the
+        client only fails its own view (LIME gives a client no ``failed`` to send)."""
         raise NotImplementedError
 
 
@@ -526,9 +551,13 @@ class ServerProtocol(_Protocol):
         self.compression_options = tuple(
             SessionCompression(option) for option in compression_options
         ) or (SessionCompression.NONE,)
+        # The link's encryption is a fact of the transport, not a choice: it is the only option
+        # offered, so a client can neither pick nor be talked into another.
         self.encryption_options = (encryption,)
         self.encryption = encryption
         self.registry = registry
+        # 80 random bits, as lower-case base32: unguessable, and safe in logs and file names.
+        # Assigned on `new`; only then does the client learn it.
         self._session_id = session_id or base64.b32encode(secrets.token_bytes(10)).decode().lower()
         self._offered_schemes: tuple[AuthenticationScheme, ...] = ()
         self._challenge: bytes | None = None
@@ -542,6 +571,7 @@ class ServerProtocol(_Protocol):
         self.remote_key: bytes | None = None
 
     def _reply(self, state: SessionState, **fields: Any) -> Session:
+        """A session envelope from this server, with the session id."""
         return Session(state, id=self.session_id, from_=self.node, **fields)
 
     def _answer(self, state: SessionState, **fields: Any) -> Session:
@@ -557,6 +587,8 @@ class ServerProtocol(_Protocol):
         return envelope
 
     def _receive_session(self, envelope: Session) -> None:
+        # The server answers every stage itself; a fault in the client's step fails the session
+        # (a server may, and the client must learn why), rather than escaping to the shell.
         self.machine.receive(envelope)  # RemoteProtocolError (15) if out of place
         try:
             if envelope.state is _S.NEW:
@@ -577,6 +609,9 @@ class ServerProtocol(_Protocol):
             self._fail_session(Reason(exc.code, str(exc)))
 
     def _after_new(self) -> None:
+        """The answer to ``new``: the proposal's options when they can be taken (then straight
+        on to authentication), else the negotiation offer, else (nothing to negotiate) the
+        authentication stage at once."""
         if self._proposal is not None:
             self._confirm = self._take_options(self._proposal)
             if self._confirm is not None:
@@ -614,6 +649,8 @@ class ServerProtocol(_Protocol):
         return compression, encryption
 
     def _negotiate(self, envelope: Session) -> None:
+        """The client's choice from our offer: echoed when it was offered, else refused (17).
+        An absent choice means the default (no compression, the link's encryption)."""
         compression = envelope.compression or SessionCompression.NONE
         encryption = envelope.encryption or self.encryption_options[0]
         if compression not in self.compression_options:
@@ -634,6 +671,10 @@ class ServerProtocol(_Protocol):
         self._start_authentication()
 
     def _start_authentication(self) -> None:
+        """Offer the schemes this client may use (they depend on what the transport proved:
+        ``transport`` only when it proved a key), or take the proposal's credentials
+        when they answer one of them. With a one-round ``keypair`` offered, the challenge goes
+        with the offer, saving the client a round trip."""
         if self.authenticator is None:
             self._establish(ANONYMOUS_IDENTITY, claimed=None)
             return
@@ -663,6 +704,7 @@ class ServerProtocol(_Protocol):
         )
 
     def _authenticate(self, envelope: Session) -> None:
+        """The client's credentials for a scheme we offered (any other is refused: 17)."""
         scheme = envelope.scheme
         if scheme is None or scheme not in self._offered_schemes:
             raise RemoteProtocolError(
@@ -704,6 +746,9 @@ class ServerProtocol(_Protocol):
         self._establish(proof.identity, claimed=claimed)
 
     def _establish(self, identity: str, *, claimed: Node | None) -> None:
+        """Establish the session as ``identity``, the name the credentials proved. The node
+        the client is told (``to`` on ``established``) is built from that identity, never from
+        the address it claimed; the registry refuses a node that already has a session (12)."""
         if identity == GUEST_IDENTITY:
             # A guest is whoever it says, inside the guest domain, so it can never pass for a
             # real identity in access rules.
@@ -726,6 +771,7 @@ class ServerProtocol(_Protocol):
 
     def _fail_session(self, reason: Reason) -> None:
         self.failure = reason
+        # A session that already ended (a second bad frame in the same batch) sends nothing.
         if not self.closed:
             self.send(self._reply(_S.FAILED, reason=reason))
 
@@ -767,8 +813,11 @@ class ClientProtocol(_Protocol):
         self.credentials = credentials or ClientCredentials()
         self.preferred_compression = SessionCompression(compression)
         self.shortcut = shortcut
+        # The options we chose from the server's offer, to check its echo against.
         self._chosen: tuple[SessionCompression, SessionEncryption | None] | None = None
+        # The scheme we answer with: chosen from an offer, or the one our proposal named.
         self._scheme: AuthenticationScheme | None = None
+        #: The server's node, as its session envelopes name it (signed into keypair answers).
         self.server_node: Node | None = None
 
     def start(self) -> None:
@@ -794,6 +843,8 @@ class ClientProtocol(_Protocol):
         self.send(Session(_S.FINISHING, id=self.session_id))
 
     def _receive_session(self, envelope: Session) -> None:
+        # The first reply assigns the session id (a `failed` may come before there is one);
+        # every later one must carry the same id, checked before the machine moves.
         if self.session_id is None and envelope.id is None and envelope.state is not _S.FAILED:
             raise RemoteProtocolError(
                 "the server's first session envelope has no id", code=ReasonCode.SESSION_ERROR
@@ -807,6 +858,8 @@ class ClientProtocol(_Protocol):
         if envelope.from_ is not None:
             self.server_node = envelope.from_
         phase = self.machine.phase
+        # A reply to our proposal that skipped negotiation confirms (or, from a plain LIME
+        # server, silently declines) the proposed options.
         if opened is Phase.PROPOSAL_SENT and phase in (
             Phase.AUTHENTICATION_OFFERED, Phase.ESTABLISHED
         ):
@@ -825,6 +878,8 @@ class ClientProtocol(_Protocol):
             self.failure = envelope.reason
 
     def _choose_options(self, envelope: Session) -> None:
+        """Choose from the server's offer: our preferred compression when offered, else none
+        when offered, else the server's first; the first encryption (the link has one)."""
         compressions = envelope.compression_options or (SessionCompression.NONE,)
         compression = (
             self.preferred_compression
@@ -840,6 +895,8 @@ class ClientProtocol(_Protocol):
         ))
 
     def _apply_echo(self, envelope: Session) -> None:
+        """The server's echo of our choice: anything but what we chose is refused (17), as
+        the frames after it would be read with the wrong compression."""
         assert self._chosen is not None
         compression = envelope.compression or SessionCompression.NONE
         if compression is not self._chosen[0]:
@@ -865,6 +922,9 @@ class ClientProtocol(_Protocol):
         self.encryption = envelope.encryption
 
     def _answer_authentication(self, envelope: Session) -> None:
+        """Answer an authentication stage: pick a scheme from the offer (or keep the one we
+        proposed, when the server only sends a challenge) and send its credentials, signing
+        the challenge for ``keypair``."""
         if envelope.scheme_options:
             self._scheme = self.credentials.choose(envelope.scheme_options)
         if self._scheme is None:
