@@ -308,7 +308,9 @@ async def read_archive(
     while True:
         try:
             messages = await subscription.fetch(batch, timeout=wait)
-        except nats.errors.TimeoutError:
+        except (TimeoutError, nats.errors.TimeoutError):
+            # Nothing new within ``wait`` (nats-py raises either kind, depending on the step
+            # of the fetch it was in): ask again.
             continue
         for message in messages:
             document = orjson.loads(message.data)
