@@ -90,6 +90,7 @@ __all__ = [
     "NatsTransport",
     "NatsTransportFactory",
     "NatsTransportListener",
+    "barrier",
     "parse_endpoint",
 ]
 
@@ -308,6 +309,21 @@ def _connect_error(exc: Exception, where: str, identity: Identity | None) -> Tra
             f"the NATS broker at {where} and this end disagree about TLS: {text}"
         )
     return TransportError(f"cannot reach the NATS broker at {where}: {text}")
+
+
+async def barrier(client: NatsClient, timeout: float) -> None:
+    """Return once the broker has processed every command ``client`` sent before the call, and
+    its answers to them (MSG, -ERR) have been read.
+
+    One ``flush()`` does not promise that: nats-py writes the flush's PING straight to the
+    socket, ahead of commands still in its pending buffer, so the PONG can come back before
+    the broker saw them (a test counting permission violations after one flush saw 1 of 4 now
+    and then). Two do: the first flush wakes the flusher task before awaiting its PONG, so the
+    buffer is on the socket before that PONG is read, and the second PING follows it. Raises
+    nats.errors.TimeoutError (FlushTimeoutError) after ``timeout`` seconds per flush."""
+    seconds = max(1, round(timeout))
+    await client.flush(timeout=seconds)
+    await client.flush(timeout=seconds)
 
 
 async def _quiet_close(client: NatsClient) -> None:
@@ -785,14 +801,13 @@ class NatsTransportListener(TransportListener):
             pending_bytes_limit=_SUB_PENDING_BYTES,
         )
         # The probe: publish as a client key we do not hold. A broker that enforces the
-        # permissions of `rain nats-config` refuses it (-ERR before the flush's PONG); one that
-        # delivers it to our own subscription would let anyone claim any identity.
+        # permissions of `rain nats-config` refuses it (-ERR before the barrier's PONG); one
+        # that delivers it to our own subscription would let anyone claim any identity.
         stranger = user_nkey(Identity.generate().public_key)
         probe = subjects.to_server(self.server_nkey, stranger, "probe", subjects.HEARTBEAT)
-        self._probe_seen = False
         probe_sub = await self._nc.subscribe(probe)
         await self._nc.publish(probe, b"")
-        await self._nc.flush(timeout=max(1, round(self.options.open_timeout)))
+        await barrier(self._nc, self.options.open_timeout)
         try:
             await probe_sub.next_msg(timeout=0.05)
             delivered = True

@@ -20,6 +20,7 @@ import nats
 import nats.errors
 import pytest
 
+from rain_envelopes.auth import ServerAuthenticator
 from rain_envelopes.channel import connect
 from rain_envelopes.errors import SecurityCause, TransportSecurityError
 from rain_envelopes.keys import AuthorizedKeys, Identity
@@ -28,6 +29,7 @@ from rain_envelopes.server.access import AccessRule
 from rain_envelopes.transport import ClientSecurity, ServerSecurity
 from rain_transport_nats import NATS, NatsTransportListener, subjects, user_nkey, user_seed
 from rain_transport_nats.config import ServerGrant, authorization_block, grant_for, nats_users
+from rain_transport_nats.transport import barrier
 
 from .broker import NatsServer
 from .conftest import NatsKeys
@@ -108,7 +110,7 @@ async def test_a_client_cannot_publish_or_listen_as_another_identity(
         # Listening as the server, and answering as it.
         await client.subscribe(f"rain.{station}.in.>")
         await client.publish(subjects.to_client(station, alice, "s2", subjects.DATA), b"x")
-        await client.flush()
+        await barrier(client, 5)
         denied = [str(error) for error in errors]
         assert len(denied) == 4, denied
         assert all("permissions violation" in text.lower() for text in denied), denied
@@ -187,7 +189,7 @@ async def _serving(
 ) -> AsyncIterator[Server]:
     server = Server(
         [Parameter("temp", value=20.0)], node="station@lab", identity=station,
-        authorized_keys=authorized,
+        authorized_keys=authorized, authenticator=ServerAuthenticator(authorized),
     )
     async with server:
         await server.listen(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from rain_envelopes.auth import ServerAuthenticator
 from rain_envelopes.channel import connect
 from rain_envelopes.errors import TransportError, TransportSecurityError
 from rain_envelopes.server import Parameter, Server
@@ -48,7 +49,8 @@ async def test_a_session_through_a_tls_broker(
     tls_broker: NatsServer, nats_keys: NatsKeys, authority: Authority
 ) -> None:
     server = Server([Parameter("temp", value=21.5)], node="station@lab",
-                    identity=nats_keys.station, authorized_keys=nats_keys.authorized)
+                    identity=nats_keys.station, authorized_keys=nats_keys.authorized,
+                    authenticator=ServerAuthenticator(nats_keys.authorized))
     async with server:
         await server.listen(
             [tls_broker.url],
@@ -100,7 +102,8 @@ async def test_client_certificates_when_the_broker_verifies_them(
         cert, key = authority.issue("alice-laptop", server=False)
         server_cert, server_key = authority.issue("station-host", server=False)
         server = Server([Parameter("temp", value=3.0)], node="station@lab",
-                        identity=nats_keys.station, authorized_keys=nats_keys.authorized)
+                        identity=nats_keys.station, authorized_keys=nats_keys.authorized,
+                        authenticator=ServerAuthenticator(nats_keys.authorized))
         async with server:
             await server.listen(
                 [broker.url],

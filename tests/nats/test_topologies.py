@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from rain_envelopes.auth import ServerAuthenticator
 from rain_envelopes.channel import ClientChannel, connect
 from rain_envelopes.errors import TransportError
 from rain_envelopes.server import Parameter, Server
@@ -39,7 +40,8 @@ async def _connect_once_interest_arrives(url: str, keys: NatsKeys) -> ClientChan
 
 async def _round_trip(server_url: str, client_url: str, keys: NatsKeys) -> None:
     server = Server([Parameter("temp", value=-12.5)], node="station@lab",
-                    identity=keys.station, authorized_keys=keys.authorized)
+                    identity=keys.station, authorized_keys=keys.authorized,
+                    authenticator=ServerAuthenticator(keys.authorized))
     async with server:
         await server.listen(
             [server_url],
