@@ -3,11 +3,14 @@ options, and the subject scheme."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nkeys
 import pytest
 
 from rain_envelopes.errors import ConfigError, KeyFileError
 from rain_envelopes.keys import Identity
+from rain_envelopes.server.config import parse_config
 from rain_envelopes.transport import ClientSecurity, ServerSecurity, transport_factory
 from rain_transport_nats import (
     NATS,
@@ -104,3 +107,17 @@ def test_subjects_parse_back_and_refuse_strangers() -> None:
     assert subjects.parse_inbound("rain.US.sideways.UC.n1.d") is None
     assert subjects.parse_inbound("other.US.in.UC.n1.d") is None
     assert subjects.parse_inbound("rain.US.in.UC.d") is None
+
+
+def test_a_server_config_with_a_bad_nats_option_is_refused_at_load(tmp_path: Path) -> None:
+    raw = {
+        "identity": "station@lab",
+        "listen": ["nats://127.0.0.1:4222"],
+        "key_file": "station.key",
+        "authorized_keys": "authorized_keys",
+        "transport": {"heartbeat_intervall": 2.0},
+    }
+    with pytest.raises(ConfigError, match="heartbeat_intervall"):
+        parse_config(raw, base=tmp_path)
+    raw["transport"] = {"heartbeat_interval": 2.0, "tls_ca": "/etc/rain/hub-ca.pem"}
+    assert parse_config(raw, base=tmp_path).transport["heartbeat_interval"] == 2.0
