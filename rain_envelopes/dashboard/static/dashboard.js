@@ -269,6 +269,7 @@
     card.time.textContent = Number.isFinite(stamp) ? clock(stamp) : "";
     card.time.title = String(sample.ts || "");
     showDropped(card, Number(sample.dropped) || 0);
+    if (card.form && card.form.follow) card.form.follow(sample.v);
     const lines = numericLines(sample.v);
     if (!lines) return;
     const key = keyOf(card.serverId, card.desc.name);
@@ -289,7 +290,7 @@
     // Keep the last point before the window: the line enters from the left edge, and a value
     // that has not changed for longer than the window still shows.
     while (series.head + 1 < series.points.length && series.points[series.head + 1][0] < oldest) series.head += 1;
-    if (series.head > 512 && series.head * 2 > series.points.length) {
+    if (series.head >= 256) { // drop what scrolled out, in small steps: memory stays flat
       series.points.splice(0, series.head);
       series.head = 0;
     }
@@ -407,6 +408,11 @@
         input.append(option);
       });
       read = () => ({ ok: true, value: schema.enum[Number(input.value)] });
+      // A choice shows the current value until the user picks another.
+      form.follow = (value) => {
+        const index = schema.enum.findIndex((choice) => JSON.stringify(choice) === JSON.stringify(value));
+        if (index >= 0 && document.activeElement !== input) input.value = String(index);
+      };
     } else if (schema.type === "boolean") {
       input = el("select");
       for (const choice of ["true", "false"]) {
@@ -415,6 +421,9 @@
         input.append(option);
       }
       read = () => ({ ok: true, value: input.value === "true" });
+      form.follow = (value) => {
+        if (typeof value === "boolean" && document.activeElement !== input) input.value = String(value);
+      };
     } else if (schema.type === "number" || schema.type === "integer") {
       input = el("input");
       input.type = "number";
