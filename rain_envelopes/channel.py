@@ -41,12 +41,14 @@ policy: None (the default for a channel made by hand) means no bound; the RAIN s
 
 What a request costs. A handler that answers at once (a Command, or None) is answered inline,
 in the reader's wake-up: no task, no future, and the reply leaves in the batch's one flush. Only
-a handler that returns an awaitable costs more: a coroutine becomes the one task that runs it
-(nothing wraps it), a future is only watched, and a done-callback queues the answer. Answers
-that finish outside the reader are flushed by the channel's writer, a single task started the
-first time one is needed, which sends every answer queued since its last turn in one
-``send_batch``. The same holds for message handlers (their receipts) and for awaitable
-notification and observe callbacks.
+a handler that returns an awaitable costs more. A coroutine runs in one task, whose last step
+queues and flushes the answer, so no loop turn passes between the answer and its sending (a
+task made on the coroutine itself, with the answer sent by a done-callback, would cost the
+same task and two loop turns more per answer: measured, about 10-15 us of round trip). A
+future is only watched: no task, a done-callback queues the answer, and the channel's writer
+(one task per channel, started the first time it is needed) sends every answer queued since
+its last turn in one ``send_batch``. Message handlers (their receipts) go the same two ways;
+an awaitable notification or observe callback, which answers nothing, is only watched.
 
 Everything a peer can make a channel log (frames that break the protocol, replies dropped for
 a full peer queue, requests over the bound) goes through a :class:`~rain_envelopes.peerlog.
@@ -605,18 +607,34 @@ class Channel:
         if isinstance(result, Command):
             self._reply(result)  # answered inline: no task, no future, flushed with the batch
         elif inspect.isawaitable(result):
-            # Work still in the handler's hands. A coroutine becomes the one task it needs to
-            # run (no wrapper coroutine around it); a future is only watched. Either way the
-            # answer is queued by a done-callback and leaves in a flush shared with every other
-            # answer finished in the same loop turn.
             self._in_progress += 1
-            future = self._spawn(result)
-            future.add_done_callback(lambda done: self._command_done(command, done))
+            if inspect.iscoroutine(result):
+                # Work the handler still has to do: one task, whose last step sends the
+                # answer, so no loop turn passes between the answer and its flush.
+                self._spawn(self._finish_command(command, result))
+            else:
+                # A future (the handler's work runs elsewhere): no task, only a callback, and
+                # the answer leaves with every other one that finished in the same loop turn.
+                self._spawn(result).add_done_callback(
+                    lambda done: self._command_future_done(command, done)
+                )
 
-    def _command_done(self, command: Command, done: asyncio.Future[Any]) -> None:
-        self._in_progress -= 1  # the answer exists (or never will): room for the next one
+    async def _finish_command(self, command: Command, pending: Awaitable[Any]) -> None:
+        try:
+            try:
+                result = await pending
+            except Exception as exc:
+                result = self._refusal(command, exc)
+        finally:
+            self._in_progress -= 1  # the answer exists (or never will): room for the next one
+        if isinstance(result, Command) and not self.closed:
+            self._reply(result)
+            await self._flush_replies()
+
+    def _command_future_done(self, command: Command, done: asyncio.Future[Any]) -> None:
+        self._in_progress -= 1  # as in _finish_command
         if done.cancelled():
-            return  # the session ended under it (shutdown cancels what it spawned)
+            return  # the session ended under it (shutdown cancels what it waits for)
         error = done.exception()
         if error is not None and not isinstance(error, Exception):
             return  # KeyboardInterrupt and the like are the loop's to handle, not a reply
@@ -625,12 +643,21 @@ class Channel:
             self._reply(result)
             self._flush_soon()
 
+    async def _flush_replies(self) -> None:
+        # As the reader flushes: a reply meeting a full peer queue is dropped and counted, so
+        # replies to a peer that does not read never pile up; a failed link is the reader's
+        # to report.
+        try:
+            await self._flush(on_full=self._reply_dropped)
+        except TransportError as exc:
+            log.debug("%s: could not flush: %s", self, exc)
+
     def _flush_soon(self) -> None:
-        # For replies queued outside the reader (a handler's awaitable finished): the channel's
-        # writer flushes them on its next turn, once for every reply queued until then (when
-        # the reader's flush takes them first, the writer finds nothing and does not await).
-        # The writer is one task for the channel's life, started the first time it is needed,
-        # so a reply made this way costs a wake-up, not a task.
+        # For replies queued by a callback (a handler's future finished): the channel's writer
+        # flushes them on its next turn, once for every reply queued until then (when the
+        # reader's flush takes them first, the writer finds nothing and does not await). The
+        # writer is one task for the channel's life, started the first time it is needed, so
+        # a reply made this way costs a wake-up, not a task.
         if self._flush_scheduled:
             return
         self._flush_scheduled = True
@@ -646,12 +673,7 @@ class Channel:
                 await self._write_wanted.wait()
                 continue
             self._flush_scheduled = False
-            try:
-                # As the reader flushes: a reply meeting a full peer queue is dropped and
-                # counted, so replies to a peer that does not read never pile up.
-                await self._flush(on_full=self._reply_dropped)
-            except TransportError as exc:
-                log.debug("%s: could not flush: %s", self, exc)
+            await self._flush_replies()
 
     def _refusal(self, command: Command, error: Exception) -> Command | None:
         """The answer to a request whose handler raised ``error``: the one place where a
@@ -687,21 +709,38 @@ class Channel:
             log.exception("%s: message handler failed", self)
             self._protocol.message_failed(message)
             return
-        if inspect.isawaitable(result):
-            self._spawn(result).add_done_callback(lambda done: self._message_done(message, done))
+        if inspect.iscoroutine(result):
+            self._spawn(self._finish_message(message, result))  # as _finish_command
+        elif inspect.isawaitable(result):
+            self._spawn(result).add_done_callback(
+                lambda done: self._message_future_done(message, done)
+            )
         else:
             self._protocol.message_consumed(message)
 
-    def _message_done(self, message: Message, done: asyncio.Future[Any]) -> None:
+    async def _finish_message(self, message: Message, pending: Awaitable[Any]) -> None:
+        try:
+            await pending
+        except Exception as exc:
+            self._message_ended(message, exc)
+        else:
+            self._message_ended(message, None)
+        if not self.closed:
+            await self._flush_replies()  # the receipt it queued, if the message wants one
+
+    def _message_future_done(self, message: Message, done: asyncio.Future[Any]) -> None:
         if done.cancelled() or self.closed:
             return
-        error = done.exception()
+        self._message_ended(message, done.exception())
+        self._flush_soon()  # the receipt it queued, if the message wants one
+
+    def _message_ended(self, message: Message, error: BaseException | None) -> None:
+        # The protocol decides whether a receipt is due; the channel only says how it ended.
         if error is not None:
             log.error("%s: message handler failed", self, exc_info=error)
             self._protocol.message_failed(message)
         else:
             self._protocol.message_consumed(message)
-        self._flush_soon()  # the receipt it queued, if the message wants one
 
     def _dispatch_notification(self, notification: Notification) -> None:
         if self.on_notification is not None:
