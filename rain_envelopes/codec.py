@@ -109,6 +109,8 @@ _JSON_TYPE_NAMES = {
 
 
 def _type_name(value: object) -> str:
+    """The JSON name of a decoded value's type (any other, which orjson never makes, by its
+    Python name)."""
     return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
@@ -385,6 +387,8 @@ class _Reader:
         return tuple(out)
 
     def obj_field(self, key: str) -> dict[str, Any] | None:
+        """A JSON object taken as it is (a session's ``authentication``: what it must hold
+        is the scheme's business, checked by the authenticator)."""
         value = self.obj.get(key)
         if value is None:
             return None
@@ -453,6 +457,8 @@ def _decode_message(r: _Reader) -> Message:
 
 
 def _decode_notification(r: _Reader) -> Notification:
+    # The reason is read whatever the event; that a `failed` one must have one, and that the
+    # others may, is the constructor's rule.
     event = r.enum("event", NotificationEvent, required=True)
     return Notification(
         event, r.reason(), extras=r.extras(_KIND_KEYS[Notification]), **r.common()
@@ -460,6 +466,8 @@ def _decode_notification(r: _Reader) -> Notification:
 
 
 def _decode_command(r: _Reader) -> Command:
+    # An unknown method or status has a code of its own, so a peer learns which field it got
+    # wrong from the code alone (27 and 24, not the generic 21).
     method = r.enum(
         "method", CommandMethod, required=True, code=ReasonCode.VALIDATION_INVALID_METHOD
     )
@@ -543,6 +551,9 @@ def _fast_command(obj: dict[str, Any]) -> Command | None:
         or (media_type is not None and type(media_type) is not str)
     ):
         return None
+    # Past this point every field has its type. The constructor still runs every rule about
+    # values; one it breaks is left to the full reader, which reports it with its path, so
+    # this returns a valid command or None and never an error of its own.
     try:
         command = Command(
             method, uri, id=envelope_id, type=media_type, resource=obj.get("resource"),
@@ -686,6 +697,7 @@ def decode(
 
 # orjson reads integers beyond 64 bits as floats, silently losing digits. They are rare, so
 # only input with a long run of digits is read a second time, exactly, to refuse them.
+# 19 digits is the shortest run that can exceed 64 bits (2**63 has 19): fewer always fit.
 _LONG_DIGITS = re.compile(rb"\d{19,}")
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 

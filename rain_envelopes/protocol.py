@@ -318,10 +318,12 @@ class _Protocol:
 
     @property
     def state(self) -> SessionState:
+        """The LIME session state (a phase seen from outside: whose turn it is is hidden)."""
         return self.machine.state
 
     @property
     def is_established(self) -> bool:
+        """True while traffic may flow both ways (not yet finishing, not ended)."""
         return self.machine.phase is Phase.ESTABLISHED
 
     @property
@@ -338,6 +340,7 @@ class _Protocol:
 
     @property
     def has_data_to_send(self) -> bool:
+        """Whether a flush would send anything: lets a shell skip the await when it would not."""
         return bool(self._out)
 
     def requeue(self, frames: list[bytes]) -> None:
@@ -488,6 +491,8 @@ class _Protocol:
         """
         if self.closed:
             return
+        # The description is cut short: it quotes the peer's input (paths, values), and an
+        # error reply must stay small whatever the peer sent.
         reason = Reason(error.code, str(error)[:500])
         decode_error = error if isinstance(error, EnvelopeDecodeError) else None
         if (
@@ -936,6 +941,8 @@ class ClientProtocol(_Protocol):
         raw = (envelope.authentication or {}).get("challenge")
         if raw is not None:
             try:
+                # validate: a challenge with stray characters is refused, not decoded leniently
+                # into bytes the server did not draw (the signature would never verify).
                 challenge = base64.b64decode(raw, validate=True) if isinstance(raw, str) else None
             except (binascii.Error, ValueError):
                 challenge = None
