@@ -90,8 +90,8 @@ async def _serve(conn: Connection, station_seed: bytes, clients: dict[bytes, str
             if command == "stop":
                 break
             if command == "status":
-                subscriptions = list(live.subscriptions)
-                conn.send((len(subscriptions), sum(s.fanned_out for s in subscriptions)))
+                fanned = len(live.observes.fanned)
+                conn.send((len(live.subscriptions) + fanned, fanned))
             elif command == "idle":
                 started = time.process_time()
                 await asyncio.sleep(args[0])

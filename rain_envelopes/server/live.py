@@ -144,6 +144,7 @@ class LiveParameter:
         self.declaration._record(value)
         for subscription in self.subscriptions:
             subscription.offer(sample)
+        self.observes.publish(sample)  # once per fan-out group (subscriptions.py)
         for sink in self.sinks:
             sink(self.name, sample)
         return sample
@@ -350,7 +351,7 @@ class LiveParameter:
             if task is not None and not task.done():
                 task.cancel()
         self._periodic = None
-        for subscription in list(self.subscriptions):
+        for subscription in [*self.subscriptions, *self.observes.fanned]:
             subscription.close()
         self.subscriptions.clear()
 

@@ -252,6 +252,7 @@ class ParamsResource:
             maxlen=self._server.limits.queue_length,
             # Each sample is encoded once per URI text and the same bytes go to everyone.
             cache=live.observes, send_encoded=session.channel.send_encoded, fanout=fanout,
+            members=live.subscriptions,
         )
         # Registered and snapshotted with no await in between: every later sample is queued,
         # every earlier one is in the snapshot.

@@ -27,9 +27,11 @@ session as above. Once joined, the task *admits* the member at a moment its queu
 no drop is waiting to be reported: from then on a sample is not queued here at all; the
 :class:`ObserveCache` publishes its shared bytes once per fan-out group (whatever the number of
 subscribers in it) and the transport guarantees that the session sees every sample exactly
-once, in order, the ones sent directly before those of the group. A subscriber in a group is
-not thinned by this server: a link that cannot keep up is ended by its transport, and the
-client sees any loss as a gap in ``seq`` (a sample's per-parameter sequence number).
+once, in order, the ones sent directly before those of the group. An admitted subscription
+leaves the parameter's set of subscriptions (``members``) for the cache's ``fanned`` set, so a
+sample costs the server one step per group, however many subscribers it has. A subscriber in
+a group is not thinned by this server: a link that cannot keep up is ended by its transport,
+and the client sees any loss as a gap in ``seq`` (a sample's per-parameter sequence number).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..codec import encode
 from ..envelopes import Command, CommandMethod
@@ -76,12 +78,17 @@ class ObserveCache:
     """The observe of the newest sample of one parameter, per URI text: built and encoded once
     for all its subscribers (see the module docstring)."""
 
-    __slots__ = ("_by_uri", "_published", "_sample")
+    __slots__ = ("_by_uri", "_groups", "_published", "_sample", "fanned")
 
     def __init__(self) -> None:
         self._sample: Sample | None = None
         self._by_uri: dict[str, tuple[Command, bytes]] = {}
         self._published: set[FanoutGroup] = set()
+        # Fan-out groups with admitted subscriptions: group -> [URI text, subscriptions].
+        self._groups: dict[FanoutGroup, list[Any]] = {}
+        #: Subscriptions reached through a group: the parameter no longer offers them each
+        #: sample one by one, so publishing costs one step per group, not per subscriber.
+        self.fanned: set[Subscription] = set()
 
     def get(self, uri: str, sample: Sample) -> tuple[Command, bytes]:
         """The observe of ``sample`` to ``uri`` (no ``dropped``), and its bytes."""
@@ -103,6 +110,27 @@ class ObserveCache:
             self._published.add(group)
             group.publish(data)
 
+    def admit(self, subscription: Subscription, group: FanoutGroup) -> None:
+        """From now on ``subscription`` is reached through ``group`` (see :meth:`publish`)."""
+        self.fanned.add(subscription)
+        entry = self._groups.setdefault(group, [subscription.uri, 0])
+        entry[1] += 1
+
+    def release(self, subscription: Subscription, group: FanoutGroup) -> None:
+        """``subscription`` (admitted to ``group``) has ended."""
+        if subscription in self.fanned:
+            self.fanned.discard(subscription)
+            entry = self._groups.get(group)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self._groups[group]
+
+    def publish(self, sample: Sample) -> None:
+        """Publish ``sample`` once through each group that has admitted subscriptions."""
+        for group, (uri, _) in list(self._groups.items()):
+            self.broadcast(uri, sample, group)
+
 
 class Subscription:
     """The subscription of one session to one parameter."""
@@ -117,6 +145,7 @@ class Subscription:
         cache: ObserveCache | None = None,
         send_encoded: SendEncodedFunction | None = None,
         fanout: FanoutMember | None = None,
+        members: set[Subscription] | None = None,
     ) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
@@ -133,6 +162,8 @@ class Subscription:
         self._joined = False
         self.fanned_out = False
         self._joining: asyncio.Task[None] | None = None
+        # The parameter's set of subscriptions it offers each sample to (left on admission).
+        self._members = members
         self._queue: collections.deque[Sample] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -155,11 +186,7 @@ class Subscription:
         if self._closed:
             return
         if self.fanned_out:
-            assert self._cache is not None
-            assert self._fanout is not None
-            self._cache.broadcast(self.uri, sample, self._fanout.group)
-            self.delivered += 1
-            return
+            return  # the parameter's ObserveCache publishes it through the group
         if len(self._queue) >= self.maxlen:
             self._queue.popleft()
             self._count_drops(1)
@@ -191,8 +218,12 @@ class Subscription:
                 if self._joined and not self.pending_drops:
                     # Nothing queued, nothing to report: the group takes over from here.
                     assert self._fanout is not None
+                    assert self._cache is not None
                     self._fanout.admit()
                     self.fanned_out = True
+                    self._cache.admit(self, self._fanout.group)
+                    if self._members is not None:
+                        self._members.discard(self)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -235,6 +266,8 @@ class Subscription:
             self._joining.cancel()
         if self._fanout is not None:
             self._fanout.leave()
+            if self._cache is not None:
+                self._cache.release(self, self._fanout.group)
         self._wakeup.set()
 
     @property

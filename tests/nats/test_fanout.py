@@ -107,7 +107,7 @@ async def test_every_subscriber_gets_every_sample_that_the_server_sent_once(
     cluster: list[NatsServer], people: dict[str, Identity]
 ) -> None:
     wx = Parameter("wx.temp", value=0)  # a dot in the name: one subject token all the same
-    async with serving(people, cluster[0], wx) as (_, listener):
+    async with serving(people, cluster[0], wx) as (server, listener):
         clients: list[ClientChannel] = []
         seen: list[list[dict[str, Any]]] = []
         for index in range(12):
@@ -136,9 +136,20 @@ async def test_every_subscriber_gets_every_sample_that_the_server_sent_once(
             seqs = [sample["seq"] for sample in received]
             assert seqs == list(range(seqs[0], seqs[0] + 200))
             assert all("dropped" not in sample for sample in received)
+
+        # Unsubscribing leaves the group; ending the sessions leaves nothing behind.
+        live = server._live["wx.temp"]
+        assert len(live.observes.fanned) == 12
+        await clients[0].unsubscribe("/params/wx.temp")
+        await until(lambda: group.members == 11 and len(live.observes.fanned) == 11)
+        wx.publish(201)
+        await until(lambda: all(len(received) == 201 for received in seen[1:]))
+        assert len(seen[0]) == 200
         for channel in clients:
             await channel.finish()
-        await until(lambda: group.members == 0)
+        await until(lambda: group.members == 0 and not live.observes.fanned)
+        wx.publish(202)
+        assert group.published - published_before == 201  # nobody left to publish to
 
 
 @pytest.mark.timeout(60)

@@ -137,13 +137,16 @@ async def outage(tmp_path: Path, seconds: float, samples: int, catch_up: float) 
         return caught_up
 
 
-@pytest.mark.timeout(60)
+# The hub resumes its source on nats-server's own retry schedule (seen here: 0.1 to 25 s after
+# the link returned; usually about a second), hence the generous bounds.
+@pytest.mark.timeout(120)
 async def test_a_short_outage_loses_and_repeats_nothing(tmp_path: Path) -> None:
-    await outage(tmp_path, seconds=5.0, samples=200, catch_up=40)
+    await outage(tmp_path, seconds=5.0, samples=200, catch_up=90)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_a_minute_long_outage_with_a_thousand_samples(tmp_path: Path) -> None:
     await outage(tmp_path, seconds=60.0, samples=1000, catch_up=200)
+
 
