@@ -760,8 +760,8 @@ class Channel:
             log.error("%s: %s failed", self, what, exc_info=error)
 
     def _spawn(self, awaitable: Awaitable[Any]) -> asyncio.Future[Any]:
-        # A coroutine becomes a task; a future is taken as it is. Either is kept until done, so
-        # the loop holds no last reference only, and shutdown cancels what is still running.
+        # A coroutine becomes a task; a future is taken as it is. Either is kept in _tasks until
+        # done (the loop holds tasks only weakly), and shutdown cancels what is still running.
         future = asyncio.ensure_future(awaitable)
         self._tasks.add(future)
         future.add_done_callback(self._tasks.discard)
