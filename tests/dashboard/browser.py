@@ -172,7 +172,7 @@ class Page:
             raise CdpError(f"{text}\n(evaluating {expression[:300]})")
         return result.get("result", {}).get("value")
 
-    async def wait_for(self, predicate: str, timeout: float = 10.0) -> Any:
+    async def wait_for(self, predicate: str, timeout: float = 20.0) -> Any:
         """Wait until the JavaScript expression ``predicate`` is truthy; returns its value."""
         script = f"""
         new Promise((resolve, reject) => {{

@@ -141,7 +141,7 @@ async def test_a_server_restart_shows_as_a_reconnect_then_resumes(
         await page.wait_for(
             "document.querySelector('section.server .state-established') &&"
             " document.querySelector('section.server .reconnects').textContent"
-            " === 'reconnects: 1'", timeout=15)
+            " === 'reconnects: 1'", timeout=25)
         # The values resume: the new server's snapshot, flagged as a restart.
         await page.wait_for("document.querySelector('section.server .restarted')"
                             ".textContent.startsWith('server restarted')")
@@ -150,7 +150,7 @@ async def test_a_server_restart_shows_as_a_reconnect_then_resumes(
             await other.set("/params/sampling_interval", 0.1)
         await page.wait_for(f"{_text('sampling_interval', '.value')} === '0.1'")
         await page.wait_for(f"{_text('temperature', '.time')} !== {json.dumps(before)}",
-                            timeout=5)
+                            timeout=10)
 
 
 async def test_hostile_text_renders_as_text(page: Page) -> None:
