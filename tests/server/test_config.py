@@ -32,7 +32,7 @@ uri = "/params/*"
 methods = ["get", "subscribe"]
 
 [transport]
-max_message_size = 65536
+server_max_message_size = 65536
 """
 
 
@@ -54,7 +54,7 @@ def test_good_config_resolves_paths_against_its_folder(tmp_path: Path) -> None:
     assert config.logging.level == "DEBUG"
     assert config.access is not None
     assert config.access[0].methods == {"get", "subscribe"}
-    assert config.transport == {"max_message_size": 65536}
+    assert config.transport == {"server_max_message_size": 65536}
 
 
 def test_the_example_config_is_valid() -> None:
