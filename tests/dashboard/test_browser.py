@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from rain_envelopes.client import ClientState
+from rain_envelopes import Command, CommandMethod
+from rain_envelopes.client import ClientState, Update
 from rain_envelopes.server import Parameter
 
 from .browser import Page
@@ -151,6 +152,30 @@ async def test_a_server_restart_shows_as_a_reconnect_then_resumes(
         await page.wait_for(f"{_text('sampling_interval', '.value')} === '0.1'")
         await page.wait_for(f"{_text('temperature', '.time')} !== {json.dumps(before)}",
                             timeout=10)
+
+
+async def test_arrays_plot_as_several_lines_and_drops_show(page: Page) -> None:
+    station = Station([Parameter("triple", value=[1.0, 2.5, -3.0], unit="V")], plugins=False)
+    await station.start()
+    try:
+        async with running_dashboard(station.spec()) as dashboard:
+            await _open(page, dashboard.url)
+            await page.wait_for(f"{_param('triple', 'canvas.plot')}")
+            legend = await page.evaluate(
+                f"[...{_param('triple', '.legend')}.children].map(e => e.textContent)")
+            assert legend == ["[0]", "[1]", "[2]"]
+            # Samples lost on the way are counted by the hub and shown on the card.
+            hub_station = dashboard.hub.stations["s0"]
+            update = Update("/params/triple", Command(
+                CommandMethod.OBSERVE, "/params/triple", type="application/vnd.rain.sample+json",
+                resource={"value": [1, 2, 3], "timestamp": "2026-01-01T00:00:00.000Z",
+                          "seq": 9, "epoch": "e", "dropped": 4}), False, dropped=7)
+            hub_station._sample_callback("triple")(update)
+            await page.wait_for(f"{_text('triple', '.dropped')} === 'dropped: 7'")
+            hub_station._sample_callback("triple")(update)
+            await page.wait_for(f"{_text('triple', '.dropped')} === 'dropped: 14'")
+    finally:
+        await station.stop()
 
 
 async def test_hostile_text_renders_as_text(page: Page) -> None:
