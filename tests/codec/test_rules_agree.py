@@ -92,7 +92,10 @@ def _verdicts(obj: dict[str, Any]) -> None:
     assert str(decode_error).startswith("$.id: "), str(decode_error)
 
 
-@settings(max_examples=400, deadline=None)
+# 200 examples: about 6 s of CPU; 400 came within reach of the 30 s guard when the
+# machine was loaded (issue 9's session measured 35 s at load 4.7). The bound is raised for load.
+@pytest.mark.timeout(90)
+@settings(max_examples=200, deadline=None)
 @given(rs.near_envelopes())
 def test_near_envelopes_get_one_verdict(obj: dict[str, Any]) -> None:
     if any(key in obj for key, _ in _KINDS):
