@@ -8,6 +8,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,13 @@ async def test_tls_when_asked(station: Station, tmp_path: Path) -> None:
                 assert response.cookies[cookie_name(dashboard.token)]["secure"]
             async with http.get(dashboard.base_url + "/", ssl=trust) as response:
                 assert response.status == 403
+
+
+def test_the_rain_command_imports_neither_aiohttp_nor_prometheus() -> None:
+    # The extras are optional: `rain --help` and every other command must work without them.
+    code = ("import sys, rain_envelopes.cli as c, rain_envelopes.dashboard, rain_envelopes.metrics;"
+            " c.build_parser();"
+            " print(sorted(m for m in ('aiohttp', 'prometheus_client') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30, check=True)
+    assert done.stdout.strip() == "[]"
