@@ -5,7 +5,8 @@ every target and ends with one table of them (figure, baseline, ratio, goal, met
 ``--quick`` takes a few seconds (``tests/test_bench_targets_run.py`` runs it so this script
 cannot silently rot). ``--help`` lists the knobs; ``--only pipelined,codec,peers`` picks parts;
 ``--profile DIR`` writes a pyinstrument text profile of the RAIN server during each fan-out
-measurement (``bench_roundtrip.py --profile`` does the same for pipelined gets). Results:
+measurement and while the sessions are established (``bench_roundtrip.py --profile`` does the
+same for pipelined gets). Results:
 ``docs/reference/benchmarks.md``.
 
 Every process talks over ``tcp://127.0.0.1`` (ephemeral ports) with CURVE on. The parts:
@@ -632,6 +633,8 @@ async def sessions_rain(settings: Settings) -> Sessions:
         await asyncio.sleep(0.5)
         before = await server.ask_async("rss")
         gate = asyncio.Semaphore(settings.parallel)
+        if settings.profile is not None:
+            await server.ask_async("profile-on")
 
         async def one() -> None:
             async with gate:
@@ -644,6 +647,9 @@ async def sessions_rain(settings: Settings) -> Sessions:
         async with asyncio.timeout(START_TIMEOUT * 4):
             await asyncio.gather(*(one() for _ in range(settings.sessions)))
         elapsed = time.perf_counter() - started
+        if settings.profile is not None:
+            await server.ask_async(
+                "profile-off", str(settings.profile / f"sessions-{settings.sessions}-server.txt"))
         await asyncio.sleep(1.0)
         after = await server.ask_async("rss")
     finally:
@@ -932,7 +938,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--publisher-sessions", type=int, help="observers during the publisher")
     parser.add_argument("--gets", type=int, help="gets at most per publisher phase")
     parser.add_argument("--repeats", type=int, help="runs per figure (medians reported)")
-    parser.add_argument("--profile", type=Path, help="pyinstrument profiles of fan-out into DIR")
+    parser.add_argument("--profile", type=Path,
+                        help="pyinstrument profiles of fan-out and sessions into DIR")
     args = parser.parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
     changes: dict[str, Any] = {}
