@@ -13,13 +13,15 @@ server runs an :class:`Archiver` connected to the leaf node. Parameters declared
     rain.S.arc.<parameter token>          (S: the server's nkey, as in rain.S.obs...)
 
 with the header ``Nats-Msg-Id: <epoch>:<seq>`` -- a sample's identity, the same on every retry.
-The leaf's *site stream* (:func:`site_stream_config`, created by the archiver when missing)
-holds those subjects on the site's disk, so a publication is acknowledged by the leaf whether
-the WAN is up or not. The hub keeps an *archive stream* that **sources** the site stream through
-the leaf connection (:func:`hub_stream_config`: ``external.api = $JS.<site domain>.API``); the
-hub's JetStream pulls what it has not got yet whenever the link is up and resumes after the last
-message it stored when the link returns, so nothing is lost and nothing arrives twice, in the
-order the site stored it. An archive reader on the hub is a durable consumer of the archive
+The leaf's *site stream* (:func:`site_stream_config`, created by the operator, or by the
+archiver when it is allowed to) holds those subjects on the site's disk, so a publication is
+acknowledged by the leaf whether the WAN is up or not. The hub keeps an *archive stream* that
+**sources** the site stream through the leaf connection (:func:`hub_stream_config`:
+``external.api = $JS.<site domain>.API``); the hub's JetStream pulls what it has not got yet
+whenever the link is up and resumes after the last message it stored when the link returns, so
+nothing is lost and nothing arrives twice, in the order the site stored it. How soon after the
+link returns is nats-server's: it retries a source that lost its origin on a growing back-off
+(seen in tests: 0.1 to 25 s). An archive reader on the hub is a durable consumer of the archive
 stream (:func:`read_archive` is a small one).
 
 What each part guarantees:
@@ -143,9 +145,12 @@ class ArchivedSample:
 class Archiver:
     """Publishes the samples of a server's archived parameters to the site stream.
 
-    ``endpoint`` is the leaf node (``nats://site-leaf:4222``), ``identity`` the server's (its
-    nkey is the NATS user; the broker's permissions must let it publish ``rain.S.arc.>`` and use
-    the JetStream API of ``domain``). ``stream`` is the site stream's name.
+    ``endpoint`` is the leaf node (``nats://site-leaf:4222``), ``identity`` the server's: its
+    nkey is the NATS user, which ``rain nats-config`` lets publish ``rain.S.arc.>`` and read
+    its acknowledgements on ``rain.S.inbox.>``, nothing more. The site stream ``stream`` is the
+    operator's to create (:func:`site_stream_config`) with an administrative user; with
+    ``create_stream=True`` the archiver creates it when missing, which needs a user allowed to
+    use the JetStream API of ``domain``.
     """
 
     def __init__(
@@ -158,7 +163,7 @@ class Archiver:
         max_pending: int = 100_000,
         ack_timeout: float = 5.0,
         options: dict[str, Any] | None = None,
-        create_stream: bool = True,
+        create_stream: bool = False,
     ) -> None:
         if max_pending < 1:
             raise ConfigError("max_pending must be at least 1")
@@ -190,6 +195,8 @@ class Archiver:
         self._nc = await _connect(
             self.endpoint, self.options, self.identity,
             name=f"rain archiver {self.server_nkey[:8]}", reconnect=True,
+            # Acknowledgements come to inboxes only this key may read (nats-config grants it).
+            inbox_prefix=f"{subjects.ROOT}.{self.server_nkey}.inbox",
         )
         self._js = self._nc.jetstream(domain=self.domain, timeout=self.ack_timeout)
         if self.create_stream:

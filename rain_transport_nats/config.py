@@ -14,6 +14,10 @@ subject scheme of :mod:`rain_transport_nats.subjects`:
 - every authorised client key becomes a user that may publish ``rain.<S>.in.<C>.>`` for each
   server ``S`` that lets it in, and subscribe ``rain.*.out.<C>.>`` (the answers addressed to it);
 - a key that is both (a server that is also a client of another) gets the union;
+- archives (:mod:`rain_transport_nats.archive`): each server may also publish
+  ``rain.<S>.arc.>`` (its archived samples, for the site's JetStream stream) and subscribe
+  ``rain.<S>.inbox.>`` (the stream's acknowledgements); creating streams is left to an
+  administrative user;
 - fan-out (:mod:`rain_transport_nats.fanout`): each server may also publish ``rain.<S>.obs.>``,
   and each client may subscribe ``rain.<S>.obs.<parameter>.*`` for the parameters the access
   rules let it subscribe to (``rain.<S>.obs.>`` when there are no rules, or a rule's URI glob

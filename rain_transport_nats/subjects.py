@@ -106,8 +106,13 @@ def parse_inbound(subject: str) -> Route | None:
 
 def server_permissions(user: str) -> tuple[list[str], list[str]]:
     """(publish, subscribe) subjects a user needs to serve as itself."""
-    # out: answers to its sessions; obs: samples published once for all subscribers (fanout.py)
-    return [f"{ROOT}.{user}.out.>", f"{ROOT}.{user}.obs.>"], [f"{ROOT}.{user}.in.>"]
+    # out: answers to its sessions; obs: samples published once for all subscribers (fanout.py);
+    # arc: archived samples for its site's JetStream stream, whose acknowledgements come back
+    # on its own inbox subjects (archive.py)
+    return (
+        [f"{ROOT}.{user}.out.>", f"{ROOT}.{user}.obs.>", f"{ROOT}.{user}.arc.>"],
+        [f"{ROOT}.{user}.in.>", f"{ROOT}.{user}.inbox.>"],
+    )
 
 
 def client_permissions(user: str, servers: list[str] | None) -> tuple[list[str], list[str]]:

@@ -26,9 +26,13 @@ from rain_envelopes.server import Parameter, Server
 from rain_transport_nats.archive import (
     ArchivedSample,
     Archiver,
+    archive_subject,
     hub_stream_config,
     read_archive,
+    site_stream_config,
 )
+from rain_transport_nats.config import NatsUser, ServerGrant, nats_users, render
+from rain_transport_nats.nkey import user_nkey, user_seed
 
 from ..faultproxy import FaultProxy
 from .broker import NatsServer
@@ -39,7 +43,9 @@ def jetstream(domain: str, folder: Path) -> str:
 
 
 @contextlib.asynccontextmanager
-async def site_and_hub(tmp_path: Path) -> AsyncIterator[tuple[NatsServer, NatsServer, FaultProxy]]:
+async def site_and_hub(
+    tmp_path: Path, authorization: str
+) -> AsyncIterator[tuple[NatsServer, NatsServer, FaultProxy]]:
     # no_advertise: the hub must not tell the leaf its real leafnode address, or the leaf would
     # reconnect around the proxy.
     hub = NatsServer(tmp_path, "hub", extra=jetstream("hub", tmp_path)
@@ -48,7 +54,8 @@ async def site_and_hub(tmp_path: Path) -> AsyncIterator[tuple[NatsServer, NatsSe
     try:
         async with FaultProxy(("127.0.0.1", hub.ports["leafnode"])) as proxy:
             leaf = NatsServer(tmp_path, "leaf", extra=jetstream("site", tmp_path),
-                              leaf_remotes=[f"nats-leaf://127.0.0.1:{proxy.port}"])
+                              leaf_remotes=[f"nats-leaf://127.0.0.1:{proxy.port}"],
+                              authorization=authorization)
             await asyncio.to_thread(leaf.start)
             try:
                 linked = await asyncio.to_thread(hub.wait_for_log, "Leafnode connection created")
@@ -69,15 +76,44 @@ async def until(condition: object, timeout: float, why: object = None) -> None:
         await asyncio.sleep(0.02)
 
 
+async def only_the_station_may_archive(leaf: NatsServer, station: Identity,
+                                       alice: Identity) -> None:
+    """The broker refuses a client that publishes on the station's archive subject."""
+    errors: list[Exception] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(error)
+
+    client = await nats.connect(f"nats://127.0.0.1:{leaf.port}", error_cb=on_error,
+                                nkeys_seed_str=user_seed(alice))
+    try:
+        await client.publish(archive_subject(user_nkey(station.public_key), "wx.temp"), b"{}")
+        for _ in range(2):  # the PING may overtake the PUB (see fanout.py)
+            await client.flush()
+    finally:
+        await client.close()
+    assert any("permissions violation" in str(e).lower() for e in errors), errors
+
+
 async def outage(tmp_path: Path, seconds: float, samples: int, catch_up: float) -> float:
     """Run the outage; return the seconds from the link's return until the hub reader had
     every sample."""
-    station = Identity.generate()
+    station, alice, admin = Identity.generate(), Identity.generate(), Identity.generate()
     temp = Parameter("wx.temp", value=0, archive=True)
     other = Parameter("knob", value=0)  # not archived
     server = Server([temp, other], node="station@site", identity=station,
                     authorized_keys=AuthorizedKeys.from_mapping({}))
-    async with site_and_hub(tmp_path) as (hub, leaf, proxy), server:
+    # The leaf's users are nats-config's (the station, and alice as its client), plus an
+    # administrator who creates the site stream.
+    users = nats_users([ServerGrant(station.public_key, "station@site",
+                                    {alice.public_key: "alice@site"})])
+    users.append(NatsUser(user_nkey(admin.public_key), [">"], [">"], ["admin"]))
+    async with site_and_hub(tmp_path, render(users)) as (hub, leaf, proxy), server:
+        operator = await nats.connect(f"nats://127.0.0.1:{leaf.port}",
+                                      nkeys_seed_str=user_seed(admin))
+        await operator.jetstream().add_stream(site_stream_config("RAIN_SITE"))
+        await operator.close()
+        await only_the_station_may_archive(leaf, station, alice)
         archiver = await Archiver(leaf.url, station, stream="RAIN_SITE", domain="site").start()
         assert archiver.attach(server) == ["wx.temp"]
         reader = await nats.connect(f"nats://127.0.0.1:{hub.port}")
