@@ -864,15 +864,16 @@ def _cmd_authorize(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ serve
 
 
-def _metrics_for(server: Any, address: str | None) -> tuple[Any, tuple[str, int]]:
-    """`rain serve --metrics`: the server's ServerMetrics (None when not asked) and where."""
+def _metrics_address(address: str | None) -> tuple[str, int] | None:
+    """`rain serve --metrics`: where to serve them (None: not asked), checked with the extra
+    before any plugin code runs."""
     if not address:
-        return None, ("", 0)
-    from .metrics import ServerMetrics, parse_address
+        return None
+    from .metrics import load_prometheus, parse_address
 
     try:
-        where = parse_address(address)
-        return ServerMetrics(server), where
+        load_prometheus()
+        return parse_address(address)
     except ImportError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     except ValueError as exc:
@@ -893,8 +894,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.logging, verbose=args.verbose)
     wanted = config.discovery.advertise if args.advertise is None else args.advertise
     advertising = _Advertising(wanted, config)  # checks the extra before any plugin runs
+    metrics_at = _metrics_address(args.metrics)  # so does this
     server = Server.from_config(config)
-    metrics, metrics_at = _metrics_for(server, args.metrics)
+    metrics = None
+    if metrics_at is not None:
+        from .metrics import ServerMetrics
+
+        metrics = ServerMetrics(server)
 
     async def serve() -> int:
         loop = asyncio.get_running_loop()
@@ -933,7 +939,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 count = len(server.parameters)
                 _out(f"rain: serving {server.node} on {' '.join(server.endpoints)}"
                      f" ({count} parameter{'' if count == 1 else 's'}, process {pid})")
-                if metrics is not None:
+                if metrics is not None and metrics_at is not None:
                     port = metrics.serve(*metrics_at)
                     _out(f"rain: metrics at http://{_url_host(metrics_at[0])}:{port}/metrics")
                 await stop.wait()

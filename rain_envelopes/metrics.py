@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from .server import Server
     from .server.pipeline import ServedSession
 
-__all__ = ["DEFAULT_PORT", "ServerMetrics", "parse_address"]
+__all__ = ["DEFAULT_PORT", "ServerMetrics", "load_prometheus", "parse_address"]
 
 DEFAULT_PORT = 9464
 
@@ -69,6 +69,11 @@ _METHODS = frozenset(m.value for m in CommandMethod)
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 OnCommand = Callable[[Command], Any]
+
+
+def load_prometheus() -> Any:
+    """The prometheus_client module; ImportError naming the extra when it is missing."""
+    return _prometheus()
 
 
 def _prometheus() -> Any:

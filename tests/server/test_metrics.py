@@ -5,15 +5,20 @@ subscription drops; and off by default."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rain_envelopes import ReasonCode
 from rain_envelopes.channel import connect
+from rain_envelopes.cli import EXIT_USAGE
 from rain_envelopes.errors import CommandFailed, RainError
 from rain_envelopes.server import AccessPolicy, AccessRule, Parameter
+from tests.serverprocess import rain_env
 
 from .conftest import ZMQ, Keys, running_server
 
@@ -141,3 +146,28 @@ def test_addresses_default_to_loopback() -> None:
     for bad in ("x", "host:port", "70000"):
         with pytest.raises(ValueError, match=r"(?i)port"):
             parse_address(bad)
+
+
+def test_serve_checks_the_metrics_extra_and_address_before_plugin_code_runs(
+    tmp_path: Path,
+) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    marker = tmp_path / "plugin-ran"
+    (plugins / "probe.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+    )
+    config = tmp_path / "rain.toml"
+    config.write_text('identity = "probe@irf"\ninsecure = true\n'
+                      'listen = ["tcp://127.0.0.1:0"]\nplugins = "plugins"\n')
+    hide = "import sys; sys.modules['prometheus_client'] = None; "
+    for prelude, metrics, expected in ((hide, "0", "pip install 'rain-envelopes[metrics]'"),
+                                       ("", "not-a-port", "--metrics")):
+        done = subprocess.run(
+            [sys.executable, "-c", prelude + "import sys; from rain_envelopes.cli import main;"
+             f" sys.exit(main(['serve', {str(config)!r}, '--metrics', {metrics!r}]))"],
+            capture_output=True, text=True, timeout=30, env=rain_env(), check=False,
+        )
+        assert done.returncode == EXIT_USAGE, done.stderr
+        assert expected in done.stderr
+        assert not marker.exists()
