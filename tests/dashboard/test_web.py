@@ -208,3 +208,12 @@ def test_the_rain_command_imports_neither_aiohttp_nor_prometheus() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=30, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_without_aiohttp_the_command_names_the_extra() -> None:
+    code = ("import sys; sys.modules['aiohttp'] = None; from rain_envelopes.cli import main;"
+            " sys.exit(main(['dashboard', 'tcp://127.0.0.1:1', '--insecure']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == EXIT_USAGE
+    assert "pip install 'rain-envelopes[dashboard]'" in done.stderr
