@@ -21,7 +21,7 @@ acknowledged by the leaf whether the WAN is up or not. The hub keeps an *archive
 whenever the link is up and resumes after the last message it stored when the link returns, so
 nothing is lost and nothing arrives twice, in the order the site stored it. How soon after the
 link returns is nats-server's: it retries a source that lost its origin on a growing back-off
-(seen in tests: 0.1 to 25 s). An archive reader on the hub is a durable consumer of the archive
+(seen in tests: 0.1 to 41 s). An archive reader on the hub is a durable consumer of the archive
 stream (:func:`read_archive` is a small one).
 
 What each part guarantees:
