@@ -115,7 +115,10 @@ def browser() -> Iterator[Browser]:
     binary = find_chromium()
     if binary is None:
         pytest.skip("no Chromium (install Debian's chromium, or set RAIN_TEST_CHROMIUM)")
-    browser = Browser(binary)
+    try:
+        browser = Browser(binary)
+    except RuntimeError as exc:  # installed but unusable (a half-done install, missing libs)
+        pytest.skip(f"Chromium at {binary} does not start: {exc}")
     try:
         yield browser
     finally:
