@@ -178,6 +178,31 @@ async def test_arrays_plot_as_several_lines_and_drops_show(page: Page) -> None:
         await station.stop()
 
 
+async def test_several_servers_each_get_their_section(station: Station, page: Page) -> None:
+    other = Station([Parameter("level", value=3.5, unit="m")], plugins=False)
+    await other.start()
+    try:
+        async with running_dashboard(station.spec(), other.spec()) as dashboard:
+            await page.navigate(dashboard.url)
+            await page.wait_for("document.querySelectorAll('section.server .state-established')"
+                                ".length === 2")
+            endpoints = await page.evaluate(
+                "[...document.querySelectorAll('section.server .endpoint')]"
+                ".map(e => e.textContent)")
+            assert endpoints == [station.endpoint, other.endpoint]
+            await page.wait_for(f"{_text('level', '.value')} === '3.5'")
+            assert await page.evaluate(
+                "document.querySelectorAll('section.server')[1]"
+                ".querySelectorAll('article.param').length") == 1
+            await other.stop()  # one server down leaves the other live
+            await page.wait_for("document.querySelectorAll('section.server')[1]"
+                                ".querySelector('.state').textContent !== 'established'")
+            assert await page.evaluate("document.querySelectorAll('section.server')[0]"
+                                       ".querySelector('.state').textContent") == "established"
+    finally:
+        await other.stop()
+
+
 async def test_hostile_text_renders_as_text(page: Page) -> None:
     hostile = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
 
