@@ -247,7 +247,7 @@
     const card = entry.params.get(sample.n);
     if (!card) return;
     applySample(card, sample, Boolean(fromHello));
-    if (sample.restarted) {
+    if (sample.restarted && !fromHello) { // (a page opened later did not see it happen)
       const when = clock(Date.now());
       entry.restarted.textContent = "server restarted at " + when;
       addEvent(when, (entry.view.node || entry.view.endpoint) + ": server restarted", "");
