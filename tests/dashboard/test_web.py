@@ -217,3 +217,15 @@ def test_without_aiohttp_the_command_names_the_extra() -> None:
                           timeout=30, check=False)
     assert done.returncode == EXIT_USAGE
     assert "pip install 'rain-envelopes[dashboard]'" in done.stderr
+
+
+async def test_an_oversized_message_closes_that_pages_link(
+    dashboard: Dashboard, http: aiohttp.ClientSession
+) -> None:
+    ws = await _ws(http, dashboard, dashboard.base_url)
+    await _next(ws, "hello")
+    await ws.send_str(json.dumps({"t": "set", "id": 1, "s": "s0", "n": "x", "v": "a" * 70_000}))
+    async with asyncio.timeout(10):
+        while not ws.closed:
+            await ws.receive()
+    assert ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
