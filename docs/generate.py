@@ -804,6 +804,24 @@ CONFIG_NOTES: dict[str, tuple[str, ...]] = {
         "endpoint (`tcp://0.0.0.0:4505`) is advertised once per address. Empty: every "
         "interface, announcing every address but loopback.",
     ),
+    "archive": (
+        "table",
+        "Store-and-forward of the parameters a plugin declares with `archive=True` (keys "
+        "below); needs the `nats` extra. See [fan-out and store-and-forward]"
+        "(../explanation/fan-out.md#store-and-forward-archives-through-wan-outages).",
+    ),
+    "archive.endpoint": (
+        "string",
+        "The site's NATS leaf node (`nats://host:port`): `rain serve` publishes each sample of "
+        "an archived parameter there, to the site stream, as the server's own NATS user, and "
+        "retries until the leaf acknowledges it. Unset: nothing is archived.",
+    ),
+    "archive.stream": (
+        "string",
+        "The site stream's name; the operator creates it (`rain_transport_nats.archive."
+        "site_stream_config`).",
+    ),
+    "archive.domain": ("string", "The leaf node's JetStream domain, when it has one."),
     "access.identity": (
         "string",
         "Glob on the authenticated identity (`alice@irf`, `*@irf`, `*`); case-insensitive.",
@@ -839,11 +857,16 @@ def _config_defaults() -> dict[str, str]:
     import dataclasses
 
     from rain_envelopes.server.access import AccessRule
-    from rain_envelopes.server.config import DiscoveryConfig, LoggingConfig, ServerConfig
+    from rain_envelopes.server.config import (
+        ArchiveConfig,
+        DiscoveryConfig,
+        LoggingConfig,
+        ServerConfig,
+    )
 
     defaults: dict[str, str] = {}
     for prefix, cls in (("", ServerConfig), ("logging.", LoggingConfig), ("access.", AccessRule),
-                        ("discovery.", DiscoveryConfig)):
+                        ("discovery.", DiscoveryConfig), ("archive.", ArchiveConfig)):
         for item in dataclasses.fields(cls):
             if item.default is not dataclasses.MISSING:
                 text = _toml_text(item.default)
@@ -860,6 +883,7 @@ def config_keys() -> str:
     """Every key the config loader accepts outside ``[limits]``, from its own key lists."""
     from rain_envelopes.server.config import (
         _ACCESS_KEYS,
+        _ARCHIVE_KEYS,
         _DISCOVERY_KEYS,
         _LOGGING_KEYS,
         _TOP_KEYS,
@@ -867,6 +891,7 @@ def config_keys() -> str:
 
     accepted = [*_TOP_KEYS, *(f"logging.{k}" for k in _LOGGING_KEYS),
                 *(f"discovery.{k}" for k in _DISCOVERY_KEYS),
+                *(f"archive.{k}" for k in _ARCHIVE_KEYS),
                 *(f"access.{k}" for k in _ACCESS_KEYS)]
     missing = sorted(set(accepted) - CONFIG_NOTES.keys())
     extra = sorted(CONFIG_NOTES.keys() - set(accepted))

@@ -819,6 +819,51 @@ class _Advertising:
             await self.advertisement.close()
 
 
+class _Archiving:
+    """``[archive] endpoint``: the samples of parameters declared ``archive=True`` go to the
+    site stream on that NATS leaf node (``rain_transport_nats.archive``), from once the server
+    listens until it closes (what is queued is stored first, for a few seconds at most)."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config.archive
+        self.archiver: Any = None
+        self.module: Any = None
+        if self.config.endpoint is not None:
+            # Found by name, and now: a missing extra is a setup error, before plugins run.
+            try:
+                self.module = importlib.import_module("rain_transport_nats.archive")
+            except ImportError as exc:
+                raise CliError(
+                    "[archive] needs the NATS transport: pip install 'rain-envelopes[nats]'"
+                    f" ({exc})", EXIT_USAGE,
+                ) from None
+
+    async def start(self, server: Any) -> None:
+        if self.module is None:
+            return
+        if server.identity is None:
+            raise CliError("[archive] needs the server's key_file (its NATS user)", EXIT_USAGE)
+        archiver = self.module.Archiver(
+            self.config.endpoint, server.identity, stream=self.config.stream,
+            domain=self.config.domain,
+        )
+        try:
+            await archiver.start()
+        except TransportError as exc:
+            raise CliError(f"cannot archive: {exc}", EXIT_FAILED) from None
+        self.archiver = archiver
+        names = archiver.attach(server)
+        _note(f"archiving {', '.join(names) or 'no parameter (none declares archive=True)'}"
+              f" to stream {self.config.stream} at {self.config.endpoint}")
+
+    async def __aenter__(self) -> _Archiving:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.archiver is not None:
+            await self.archiver.close()
+
+
 # ------------------------------------------------------------------------------ keys
 
 
@@ -894,6 +939,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.logging, verbose=args.verbose)
     wanted = config.discovery.advertise if args.advertise is None else args.advertise
     advertising = _Advertising(wanted, config)  # checks the extra before any plugin runs
+    archiving = _Archiving(config)  # so does this
     metrics_at = _metrics_address(args.metrics)  # so does this
     server = Server.from_config(config)
     metrics = None
@@ -924,7 +970,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
         if hasattr(signal, "SIGHUP"):
             loop.add_signal_handler(signal.SIGHUP, reload)
-        async with server, advertising:  # withdrawn (exits first), then the server closes
+        # Withdrawn and the archive flushed (exit first), then the server closes.
+        async with server, advertising, archiving:
             try:
                 await server.listen()
             except TransportError as exc:
@@ -932,6 +979,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             except ConfigError as exc:  # e.g. a bad [transport] option
                 raise CliError(f"{args.config}: transport: {exc}", EXIT_USAGE) from None
             await advertising.start(server)
+            await archiving.start(server)
             pid = os.getpid()
             if args.pid_file:
                 _write_pid_file(Path(args.pid_file), pid)

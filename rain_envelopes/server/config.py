@@ -23,6 +23,11 @@ Example (every key but ``identity`` and ``listen`` is optional)::
     advertise = true                       # the discovery extra): rain discover, rain://
     interfaces = ["192.168.1.20"]          # addresses to advertise on (default: all IPv4)
 
+    [archive]                              # store-and-forward of parameters declared
+    endpoint = "nats://127.0.0.1:4222"     # archive=True to the site leaf node's JetStream
+    stream = "RAIN_SITE"                   # (the nats extra; see rain_transport_nats.archive)
+    domain = "site1"
+
     [[access]]                             # no [[access]] at all: every authorised identity
     identity = "*@irf"                     # may do everything
     uri = "/params/*"
@@ -55,7 +60,8 @@ from ..transport import TransportFactory, transport_factory
 from .access import AccessRule
 
 __all__ = [
-    "DiscoveryConfig", "Limits", "LoggingConfig", "ServerConfig", "load_config", "parse_config",
+    "ArchiveConfig", "DiscoveryConfig", "Limits", "LoggingConfig", "ServerConfig", "load_config",
+    "parse_config",
 ]
 
 
@@ -108,6 +114,20 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveConfig:
+    """Store-and-forward of the parameters declared ``archive=True`` (the ``nats`` extra):
+    ``rain serve`` publishes their samples to the site stream on the leaf node at
+    ``endpoint`` (see ``rain_transport_nats.archive``). Off while ``endpoint`` is unset."""
+
+    #: The site's NATS leaf node (``nats://host:port``); None: no archiving.
+    endpoint: str | None = None
+    #: The site stream's name (created by the operator).
+    stream: str = "RAIN_SITE"
+    #: The leaf's JetStream domain, when it has one.
+    domain: str | None = None
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """A checked server configuration. Build with :func:`load_config` or directly."""
 
@@ -130,6 +150,7 @@ class ServerConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     transport: Mapping[str, Any] = field(default_factory=dict)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     #: The file this came from, when it came from one.
     source: Path | None = None
 
@@ -137,12 +158,13 @@ class ServerConfig:
 _TOP_KEYS = (
     "identity", "listen", "key_file", "authorized_keys", "allow", "plugins", "allow_guest",
     "insecure", "access", "state", "state_durability", "limits", "logging", "transport",
-    "discovery",
+    "discovery", "archive",
 )
 _DURABILITY = ("sync", "batch")
 _ACCESS_KEYS = ("identity", "uri", "methods")
 _LOGGING_KEYS = ("level", "file")
 _DISCOVERY_KEYS = ("advertise", "interfaces")
+_ARCHIVE_KEYS = ("endpoint", "stream", "domain")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -246,6 +268,27 @@ def _discovery(check: _Checker, raw: Mapping[str, Any]) -> DiscoveryConfig:
     return DiscoveryConfig(advertise=advertise, interfaces=interfaces)
 
 
+def _archive(check: _Checker, raw: Mapping[str, Any]) -> ArchiveConfig:
+    check.unknown(raw, _ARCHIVE_KEYS, "archive.")
+    endpoint = check.string(raw["endpoint"], "archive.endpoint") if "endpoint" in raw else None
+    if endpoint is not None and not endpoint.lower().startswith("nats://"):
+        raise check.fail(
+            "archive.endpoint", f"expected the site's NATS leaf node such as"
+            f" nats://127.0.0.1:4222, got {endpoint!r}",
+        )
+    names: dict[str, str] = {}
+    for key in ("stream", "domain"):
+        if key in raw:
+            text = check.string(raw[key], f"archive.{key}")
+            if not text or any(c in text for c in " \t.*>/\\"):
+                raise check.fail(
+                    f"archive.{key}", f"expected a NATS name (no spaces, '.', '*', '>' or"
+                    f" slashes), got {text!r}",
+                )
+            names[key] = text
+    return ArchiveConfig(endpoint=endpoint, **names)
+
+
 def _durability(check: _Checker, raw: Any) -> str:
     value = check.string(raw, "state_durability")
     if value not in _DURABILITY:
@@ -337,6 +380,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: str = "config") 
         logging=_logging(check, check.table(raw.get("logging", {}), "logging")),
         transport=dict(check.table(raw.get("transport", {}), "transport")),
         discovery=_discovery(check, check.table(raw.get("discovery", {}), "discovery")),
+        archive=_archive(check, check.table(raw.get("archive", {}), "archive")),
         source=Path(source) if source != "config" else None,
     )
     if "state_durability" in raw and config.state is None:

@@ -19,11 +19,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
+import orjson
 import pytest
 
+from rain_envelopes.errors import ConfigError
 from rain_envelopes.keys import AuthorizedKeys, Identity
 from rain_envelopes.server import Parameter, Server
+from rain_envelopes.server.config import parse_config
 from rain_transport_nats.archive import (
+    MSG_ID,
     ArchivedSample,
     Archiver,
     archive_subject,
@@ -35,6 +39,7 @@ from rain_transport_nats.config import NatsUser, ServerGrant, nats_users, render
 from rain_transport_nats.nkey import user_nkey, user_seed
 
 from ..faultproxy import FaultProxy
+from ..serverprocess import ServerProcess
 from .broker import NatsServer
 
 
@@ -186,3 +191,100 @@ async def test_a_minute_long_outage_with_a_thousand_samples(tmp_path: Path) -> N
     await outage(tmp_path, seconds=60.0, samples=1000, catch_up=200)
 
 
+
+
+ARCHIVED_PLUGIN = """
+from rain_envelopes.server import parameter
+
+count = 0
+
+
+@parameter(interval=0.05, archive=True)
+def ticks() -> int:
+    global count
+    count += 1
+    return count
+
+
+@parameter(interval=0.05)
+def not_archived() -> int:
+    return 0
+"""
+
+ARCHIVED_CONFIG = """
+identity = "station@site"
+listen = ["tcp://127.0.0.1:0"]
+key_file = "station.key"
+authorized_keys = "authorized_keys"
+plugins = "plugins"
+
+[archive]
+endpoint = "{endpoint}"
+stream = "RAIN_SITE"
+domain = "site"
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_rain_serve_archives_the_parameters_its_plugins_mark(tmp_path: Path) -> None:
+    """`rain serve` with an [archive] table publishes the samples of archive=True parameters
+    (and only those) to the site stream, as the server's own NATS user."""
+    station, admin = Identity.generate(), Identity.generate()
+    station.save(tmp_path / "station.key")
+    AuthorizedKeys.from_mapping({}).save(tmp_path / "authorized_keys")
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "site.py").write_text(ARCHIVED_PLUGIN)
+    users = nats_users([ServerGrant(station.public_key, "station@site", {})])
+    users.append(NatsUser(user_nkey(admin.public_key), [">"], [">"], ["admin"]))
+    leaf = NatsServer(tmp_path / "nats", "leaf", authorization=render(users),
+                      extra=jetstream("site", tmp_path))
+    await asyncio.to_thread(leaf.start)
+    try:
+        operator = await nats.connect(f"nats://127.0.0.1:{leaf.port}",
+                                      nkeys_seed_str=user_seed(admin))
+        js = operator.jetstream()
+        await js.add_stream(site_stream_config("RAIN_SITE"))
+        config = tmp_path / "rain.toml"
+        config.write_text(ARCHIVED_CONFIG.format(endpoint=leaf.url))
+        server = await asyncio.to_thread(ServerProcess, config, tmp_path / "server.log")
+        try:
+            async def stored() -> int:
+                return (await js.stream_info("RAIN_SITE")).state.messages or 0
+
+            deadline = time.monotonic() + 20
+            while await stored() < 10:
+                assert time.monotonic() < deadline, server.log_text()
+                await asyncio.sleep(0.05)
+        finally:
+            await asyncio.to_thread(server.stop)
+        reader = await js.pull_subscribe("", stream="RAIN_SITE")
+        messages = await reader.fetch(10, timeout=5)
+        await operator.close()
+    finally:
+        await asyncio.to_thread(leaf.stop)
+    station_nkey = user_nkey(station.public_key)
+    assert {m.subject for m in messages} == {archive_subject(station_nkey, "ticks")}
+    samples = [orjson.loads(m.data) for m in messages]
+    seqs = [s["seq"] for s in samples]
+    assert seqs == list(range(seqs[0], seqs[0] + 10))
+    assert [m.headers[MSG_ID] for m in messages if m.headers] == [
+        f"{s['epoch']}:{s['seq']}" for s in samples]
+    assert "archiving ticks to stream RAIN_SITE" in server.log_text()
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"endpoint": "tcp://127.0.0.1:4505"}, "archive.endpoint"),
+    ({"endpoint": "nats://127.0.0.1:4222", "stream": "RAIN.SITE"}, "archive.stream"),
+    ({"endpoint": "nats://127.0.0.1:4222", "domain": "site 1"}, "archive.domain"),
+    ({"endpoint": "nats://127.0.0.1:4222", "streem": "RAIN_SITE"}, "archive.streem"),
+])
+def test_a_bad_archive_table_is_refused_naming_the_key(
+    tmp_path: Path, table: dict[str, str], key: str
+) -> None:
+    raw = {"identity": "station@site", "listen": ["memory://site"], "allow_guest": True,
+           "archive": table}
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_config(raw, base=tmp_path)
+    good = parse_config({**raw, "archive": {"endpoint": "nats://127.0.0.1:4222"}}, base=tmp_path)
+    assert good.archive.endpoint == "nats://127.0.0.1:4222"
+    assert good.archive.stream == "RAIN_SITE"
