@@ -16,8 +16,9 @@ run, ``--help`` for the knobs). Nothing in the repository or the installed packa
 3. the modules that passed are compiled *together* (mypyc then calls across them natively),
    smoke-checked again and, with ``--tests``, checked by the project's own core and codec test
    suites run against the compiled copy;
-4. the pure tree and the compiled copy are measured interleaved, ``--repeats`` times each, every
-   measurement in a fresh interpreter whose ``PYTHONPATH`` selects the tree (the worker reports
+4. the pure tree and the compiled copy are measured in back-to-back pairs (``--repeats`` pairs
+   of round-trip runs, ``--codec-repeats`` pairs of codec runs), every measurement in a fresh
+   interpreter whose ``PYTHONPATH`` selects the tree (the worker reports
    which files it imported, and a compiled run that imported pure code is an error): the
    codec micro-benchmarks of ``bench_roundtrip.py`` and its raw echo and full server with 64
    requests in flight (the server's child process inherits the same ``PYTHONPATH``).
@@ -228,32 +229,36 @@ def run_tests(folder: Path, paths: list[str], modules: list[str]) -> tuple[bool,
 # =========================================================================== measuring
 
 
-def worker(window: int, pipelined: int, iterations: int) -> dict[str, Any]:
-    """In the measuring interpreter: which files it uses, the codec rows, raw and server."""
+def worker(part: str, window: int, pipelined: int, iterations: int) -> dict[str, Any]:
+    """In the measuring interpreter: which files it uses, and the codec rows (``codec``) or the
+    raw and server scenarios (``rt``)."""
     import asyncio
+    import importlib
 
     sys.path.insert(0, str(HERE))
     import bench_roundtrip
 
-    from rain_envelopes import codec, envelopes, protocol, session
-
-    files = {m.__name__: Path(m.__file__ or "").name
-             for m in (codec, envelopes, protocol, session)}
+    files = {f"rain_envelopes.{name}": Path(
+        importlib.import_module(f"rain_envelopes.{name}").__file__ or "").name
+        for name in CANDIDATES}
     config = bench_roundtrip.Settings(sequential=min(3000, pipelined // 4), pipelined=pipelined,
                                       window=window, warmup=min(300, pipelined // 10),
                                       codec_iterations=iterations, rounds=3)
     results: dict[str, Any] = {"files": files}
+    if part == "codec":
+        results["codec"] = bench_roundtrip.codec_rows(iterations)
+        return results
     for scenario in ("raw", "server"):
         r = asyncio.run(bench_roundtrip.run_scenario(scenario, config))
         results[scenario] = {"throughput": r.throughput, "p50_us": r.p50_us,
                              "server_cpu_us": r.server_cpu_us, "client_cpu_us": r.client_cpu_us}
-    results["codec"] = bench_roundtrip.codec_rows(iterations)
     return results
 
 
-def measure(folder: Path | None, settings: Settings) -> dict[str, Any]:
-    done = run_in(folder, [str(Path(__file__).resolve()), "--worker", str(settings.window),
-                           str(settings.pipelined), str(settings.iterations)])
+def measure(folder: Path | None, settings: Settings, part: str) -> dict[str, Any]:
+    done = run_in(folder, [str(Path(__file__).resolve()), "--worker", part,
+                           str(settings.window), str(settings.pipelined),
+                           str(settings.iterations)])
     if done.returncode != 0:
         raise RuntimeError(f"measuring {'compiled' if folder else 'pure'} failed:\n"
                            f"{done.stderr[-3000:]}")
@@ -271,13 +276,14 @@ class Settings:
     window: int = 64
     pipelined: int = 20000
     iterations: int = 20000
+    codec_repeats: int = 9
     tests: bool = False
     workarounds: bool = False
     keep: Path | None = None
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(repeats=1, window=8, pipelined=400, iterations=300)
+        return cls(repeats=1, window=8, pipelined=400, iterations=300, codec_repeats=1)
 
 
 def _median(values: list[float]) -> float:
@@ -327,48 +333,57 @@ def trial(settings: Settings, base: Path) -> list[str]:
         lines.append(f"tests/core and tests/codec against the compiled copy: "
                      f"{'pass' if ok else 'FAIL'}: {summary[0]}")
         lines += [f"    {line}" for line in summary[1:]]
-    runs: dict[str, list[dict[str, Any]]] = {"pure": [], "compiled": []}
-    for _ in range(settings.repeats):
-        for kind, tree in (("pure", None), ("compiled", together)):
-            result = measure(tree, settings)
-            extension = [name for name, file in result["files"].items()
-                         if file.endswith(".so")]
-            expected = {f"rain_envelopes.{m}" for m in passed} & set(result["files"])
-            if (kind == "compiled") != bool(extension) or (
-                    kind == "compiled" and set(extension) != expected):
-                raise RuntimeError(f"the {kind} run imported {result['files']}")
-            runs[kind].append(result)
+    # Pairs, each measured back to back and in alternating order, so a busy minute of the shared
+    # machine hits both trees of a pair alike; a ratio is the median of the pairs' ratios.
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        part: {"pure": [], "compiled": []} for part in ("rt", "codec")}
+    for part, count in (("rt", settings.repeats), ("codec", settings.codec_repeats)):
+        for index in range(count):
+            order = [("pure", None), ("compiled", together)]
+            for kind, tree in order if index % 2 == 0 else order[::-1]:
+                result = measure(tree, settings, part)
+                extension = [name for name, file in result["files"].items()
+                             if file.endswith(".so")]
+                expected = {f"rain_envelopes.{m}" for m in passed} if kind == "compiled" else set()
+                if set(extension) != expected:
+                    raise RuntimeError(f"the {kind} run imported {result['files']}")
+                runs[part][kind].append(result)
     lines += render(runs, settings)
     return lines
 
 
-def render(runs: dict[str, list[dict[str, Any]]], settings: Settings) -> list[str]:
+def render(runs: dict[str, dict[str, list[dict[str, Any]]]], settings: Settings) -> list[str]:
     header = f"{'figure':<48}{'pure':>11}{'compiled':>11}{'ratio':>8}{'raw':>11}"
     lines = ["", header, "-" * len(header)]
 
-    def row(label: str, pick: Any, digits: int = 0, raw: Any = None) -> None:
-        pure = _median([pick(r) for r in runs["pure"]])
-        compiled = _median([pick(r) for r in runs["compiled"]])
+    def row(part: str, label: str, pick: Any, digits: int = 0, raw: Any = None) -> None:
+        pures = [pick(r) for r in runs[part]["pure"]]
+        compileds = [pick(r) for r in runs[part]["compiled"]]
+        pair_ratios = [c / p for p, c in zip(pures, compileds, strict=True) if p]
         raw_text = ""
         if raw is not None:
-            raw_text = f"{_median([raw(r) for k in runs for r in runs[k]]):,.{digits}f}"
-        lines.append(f"{label:<48}{pure:>11,.{digits}f}{compiled:>11,.{digits}f}"
-                     f"{compiled / pure if pure else 0:>7.2f}x{raw_text:>11}")
+            everything = runs[part]["pure"] + runs[part]["compiled"]
+            raw_text = f"{_median([raw(r) for r in everything]):,.{digits}f}"
+        lines.append(f"{label:<48}{_median(pures):>11,.{digits}f}"
+                     f"{_median(compileds):>11,.{digits}f}"
+                     f"{_median(pair_ratios) if pair_ratios else 0:>7.2f}x{raw_text:>11}")
 
     window = settings.window
-    row(f"pipelined gets, {window} in flight (req/s)", lambda r: r["server"]["throughput"],
-        raw=lambda r: r["raw"]["throughput"])
-    row("p50, one request in flight (us)", lambda r: r["server"]["p50_us"], 1,
+    row("rt", f"pipelined gets, {window} in flight (req/s)",
+        lambda r: r["server"]["throughput"], raw=lambda r: r["raw"]["throughput"])
+    row("rt", "p50, one request in flight (us)", lambda r: r["server"]["p50_us"], 1,
         raw=lambda r: r["raw"]["p50_us"])
-    row(f"server CPU per get, {window} in flight (us)", lambda r: r["server"]["server_cpu_us"],
-        1, raw=lambda r: r["raw"]["server_cpu_us"])
-    row(f"client CPU per get, {window} in flight (us)", lambda r: r["server"]["client_cpu_us"],
-        1, raw=lambda r: r["raw"]["client_cpu_us"])
-    labels = [label for label, _, _ in runs["pure"][0]["codec"]]
+    row("rt", f"server CPU per get, {window} in flight (us)",
+        lambda r: r["server"]["server_cpu_us"], 1, raw=lambda r: r["raw"]["server_cpu_us"])
+    row("rt", f"client CPU per get, {window} in flight (us)",
+        lambda r: r["server"]["client_cpu_us"], 1, raw=lambda r: r["raw"]["client_cpu_us"])
+    labels = [label for label, _, _ in runs["codec"]["pure"][0]["codec"]]
     for index, label in enumerate(labels):
-        row(label, lambda r, i=index: r["codec"][i][1], raw=lambda r, i=index: r["codec"][i][2])
-    lines.append("(ratio = compiled / pure; raw: raw pyzmq, or orjson / a dict for the codec"
-                 " rows, median over both trees' runs)")
+        row("codec", label, lambda r, i=index: r["codec"][i][1],
+            raw=lambda r, i=index: r["codec"][i][2])
+    lines.append(f"(ratio = compiled / pure, the median of {settings.repeats} (round trips) and"
+                 f" {settings.codec_repeats} (codec) back-to-back pairs; raw: raw pyzmq, or"
+                 " orjson / a dict for the codec rows)")
     return lines
 
 
@@ -380,6 +395,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--window", type=int, help="requests in flight when pipelined")
     parser.add_argument("--pipelined", type=int, help="pipelined requests per run")
     parser.add_argument("--iterations", type=int, help="calls per codec timing")
+    parser.add_argument("--codec-repeats", type=int, help="pure/compiled pairs of codec runs")
     parser.add_argument("--tests", action="store_true",
                         help="also run tests/core and tests/codec against the compiled copy")
     parser.add_argument("--workarounds", action="store_true",
@@ -395,7 +411,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         if not modules or not set(modules) <= set(CANDIDATES):
             parser.error(f"--modules takes {', '.join(CANDIDATES)}")
         changes["modules"] = modules
-    for name in ("repeats", "window", "pipelined", "iterations"):
+    for name in ("repeats", "window", "pipelined", "iterations", "codec_repeats"):
         value = getattr(args, name)
         if value is not None:
             if not 1 <= value <= 10_000_000:
@@ -410,8 +426,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] == ["--worker"]:
-        window, pipelined, iterations = (int(a) for a in arguments[1:4])
-        print(json.dumps(worker(window, pipelined, iterations)))
+        window, pipelined, iterations = (int(a) for a in arguments[2:5])
+        print(json.dumps(worker(arguments[1], window, pipelined, iterations)))
         return 0
     try:
         import mypyc  # noqa: F401  (ships with mypy, the dev extra)
