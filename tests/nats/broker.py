@@ -134,6 +134,13 @@ class NatsServer:
         if not self.wait_for_log("Server is ready", timeout=timeout):
             self.stop()
             raise RuntimeError(f"nats-server {self.name} did not start:\n{self.log}")
+        # The route and leaf-node listeners may start after "Server is ready" is logged (seen
+        # in a full-suite run: a cluster's second node asked for a route port not yet known).
+        for kind, wanted in (("route", self.cluster), ("leafnode", self.leafnodes)):
+            if wanted and not self.wait_for_log(f"Listening for {kind} connections",
+                                                timeout=timeout):
+                self.stop()
+                raise RuntimeError(f"nats-server {self.name} has no {kind} port:\n{self.log}")
         self._check_connectable(timeout)
         return self
 

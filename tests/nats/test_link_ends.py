@@ -79,8 +79,11 @@ async def test_a_peer_that_overruns_max_queue_has_its_link_ended_not_thinned(
         with pytest.raises(TransportClosed):
             await asyncio.wait_for(drain(), 5)
         # What was queued before the overrun arrives whole and in order; then the link ends.
+        # How many arrive depends on how many the drain took before the 51st unread frame came
+        # (a loaded machine read 66): at least the 50 the queue holds, never all 200, and never
+        # a gap (nothing thinned).
         assert received == [f"{i}".encode() for i in range(len(received))]
-        assert len(received) == 50
+        assert 50 <= len(received) < 200
         # The client is told (bye) and its link ends too.
         with pytest.raises(TransportClosed):
             await asyncio.wait_for(client.receive(), 5)
