@@ -314,6 +314,26 @@ class TransportFactory(ABC):
         accepts anything, as a transport that ignores its options does."""
 
 
+#: Factories found through the entry points, by scheme (see _registered_factory).
+_FACTORIES: dict[str, TransportFactory] = {}
+
+
+def _registered_factory(scheme: str) -> TransportFactory | None:
+    # Looked up once per scheme and process: entry_points() scans every installed
+    # distribution's metadata, 4-5 ms a call with 83 of them (benchmarks.md), which made it the
+    # largest cost of a client's connect(). What is installed does not change while we run; a
+    # scheme with no transport is not remembered (the extra may be installed and retried).
+    factory = _FACTORIES.get(scheme)
+    if factory is not None:
+        return factory
+    for entry in entry_points(group="rain_envelopes.transports", name=scheme):
+        loaded = entry.load()
+        if isinstance(loaded, TransportFactory):
+            _FACTORIES[scheme] = loaded
+            return loaded
+    return None
+
+
 def transport_factory(endpoint: str) -> TransportFactory:
     """The registered factory for ``endpoint``'s URI scheme (``tcp://...`` -> the ZMQ one).
 
@@ -331,11 +351,9 @@ def transport_factory(endpoint: str) -> TransportFactory:
         from .discovery import DISCOVERY
 
         return DISCOVERY
-    found = entry_points(group="rain_envelopes.transports", name=scheme) if scheme else ()
-    for entry in found:
-        factory = entry.load()
-        if isinstance(factory, TransportFactory):
-            return factory
+    factory = _registered_factory(scheme) if scheme else None
+    if factory is not None:
+        return factory
     raise ConfigError(
         f"no transport for endpoint {endpoint!r}: expected a URI such as tcp://127.0.0.1:4505"
         " (is rain-envelopes installed with its ZeroMQ transport?)"
