@@ -61,14 +61,8 @@ from .errors import (
     TransportError,
     TransportSecurityError,
 )
-from .keys import (
-    AuthorizedKeys,
-    Identity,
-    KnownHosts,
-    format_public_key,
-    load_public_key,
-    parse_public_key,
-)
+from .keyfiles import public_key_argument
+from .keys import AuthorizedKeys, Identity, KnownHosts, format_public_key
 from .node import Node
 from .transport import ClientSecurity, Transport, transport_factory
 
@@ -200,29 +194,10 @@ def _server_key(args: argparse.Namespace) -> bytes | None:
     ):
         if key_text:
             source = "--server-key" if key_text == args.server_key else "RAIN_SERVER_KEY"
-            return _public_key_argument(key_text, source)
+            return public_key_argument(key_text, source)
         if hosts_file:
             return KnownHosts.load(hosts_file).lookup(args.endpoint)
     return None
-
-
-def _public_key_argument(text: str, source: str) -> bytes:
-    """A public key given as ``ed25519:...`` text or as the path of its file.
-
-    A path that does not exist is reported as a missing file, named with ``source`` (the
-    option or variable it came from), not as text that is not base64.
-    """
-    if text.strip().lower().startswith("ed25519:"):
-        return parse_public_key(text)
-    if os.path.lexists(text):
-        return load_public_key(text)
-    try:
-        return parse_public_key(text)  # the prefix is optional
-    except KeyFileError:
-        raise KeyFileError(
-            f"{source}: public key file {text} does not exist (and it is not an"
-            " 'ed25519:...' key either)"
-        ) from None
 
 
 def _secured(endpoint: str) -> bool:
@@ -897,7 +872,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_authorize(args: argparse.Namespace) -> int:
-    key = _public_key_argument(args.public_key, "PUBLIC_KEY")
+    key = public_key_argument(args.public_key, "PUBLIC_KEY")
     target = Path(args.authorized_keys)
     table = AuthorizedKeys.load(target) if target.exists() else AuthorizedKeys(path=target)
     table.add(key, args.name)

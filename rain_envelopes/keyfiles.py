@@ -62,6 +62,7 @@ __all__ = [
     "load_identity",
     "load_known_hosts",
     "load_public_key",
+    "public_key_argument",
     "reload_authorized_keys",
     "save_authorized_keys",
     "save_identity",
@@ -109,6 +110,31 @@ def load_public_key(path: PathArg) -> bytes:
         except KeyFileError as exc:
             raise KeyFileError(f"{file}:{number}: {exc}") from None
     raise KeyFileError(f"{file}: no public key in the file (expected a line 'ed25519:<base64>')")
+
+
+def public_key_argument(value: PathArg, source: str) -> bytes:
+    """A public key given as ``ed25519:...`` text or as the path of its ``.pub`` file: how the
+    ``rain`` command (``--server-key``, ``rain authorize``) and the blocking API take one.
+
+    Text that starts with ``ed25519:`` is the key; otherwise a path that exists is read as a
+    public key file, and other text is tried as the key without its (optional) prefix. Raises
+    KeyFileError for a bad key or file; a path that does not exist is reported as a missing
+    file, named with ``source`` (the option or argument it came from), not as text that is not
+    base64. A path object is always a file.
+    """
+    if isinstance(value, os.PathLike):
+        return load_public_key(value)
+    if value.strip().lower().startswith(_PUBLIC_LABEL):
+        return parse_public_key(value)
+    if os.path.lexists(value):
+        return load_public_key(value)
+    try:
+        return parse_public_key(value)
+    except KeyFileError:
+        raise KeyFileError(
+            f"{source}: public key file {value} does not exist (and it is not an"
+            " 'ed25519:...' key either)"
+        ) from None
 
 
 def load_identity(path: PathArg) -> Identity:

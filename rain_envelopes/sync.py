@@ -69,14 +69,13 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from .client import Backoff, Client, ClientState, StateChange, Update, parameter_uri
 from .envelopes import Command, Reason
 from .errors import ClientClosed, ConfigError, Disconnected, KeyFileError, ResponseTimeout
-from .keyfiles import load_identity, load_known_hosts, load_public_key
+from .keyfiles import load_identity, load_known_hosts, public_key_argument
 from .keys import Identity, parse_public_key
 from .node import Node
 from .transport import transport_factory
@@ -123,20 +122,8 @@ def _public_key(value: ServerKeyArg) -> bytes:
         import base64
 
         return parse_public_key(base64.b64encode(raw).decode("ascii"))  # checks the point
-    if isinstance(value, os.PathLike):
-        return load_public_key(value)
-    if isinstance(value, str):
-        if Path(value).is_file():
-            return load_public_key(value)
-        try:
-            return parse_public_key(value)
-        except KeyFileError:
-            if value.strip().lower().startswith("ed25519:"):
-                raise
-            raise KeyFileError(
-                f"server key {value!r}: no such file, and not a public key"
-                " ('ed25519:<base64>') either"
-            ) from None
+    if isinstance(value, str | os.PathLike):
+        return public_key_argument(value, "server_key")
     raise TypeError(
         "server_key must be bytes, an 'ed25519:' string, an Identity or the path of a .pub"
         f" file, got {type(value).__name__}"
