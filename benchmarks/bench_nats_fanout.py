@@ -69,7 +69,7 @@ async def _serve(conn: Connection, station_seed: bytes, clients: dict[bytes, str
     from rain_envelopes.auth import ServerAuthenticator
     from rain_envelopes.server import Limits, Parameter, Server
     from rain_envelopes.transport import ServerSecurity
-    from rain_transport_nats.fanout import _BACKGROUND
+    from rain_transport_nats.connection import BACKGROUND
 
     station = _identity(station_seed)
     keys = AuthorizedKeys.from_mapping(clients)
@@ -105,7 +105,7 @@ async def _serve(conn: Connection, station_seed: bytes, clients: dict[bytes, str
                     await asyncio.sleep(max(0.0, started + (index + 1) / rate - time.monotonic()))
                 # Until every sample has been handed to the transports (bounded polling: the
                 # benchmark's own bookkeeping, not part of what is measured).
-                while _BACKGROUND or any(len(s) for s in live.subscriptions):  # noqa: ASYNC110
+                while BACKGROUND or any(len(s) for s in live.subscriptions):  # noqa: ASYNC110
                     await asyncio.sleep(0.005)
                 conn.send(("published", time.process_time() - started_cpu,
                            time.monotonic() - started))

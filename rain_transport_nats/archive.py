@@ -68,9 +68,10 @@ from rain_envelopes.errors import ConfigError
 from rain_envelopes.keys import Identity
 
 from . import subjects
+from .connection import connect, quiet_close
 from .fanout import parameter_token
 from .nkey import user_nkey
-from .transport import NatsOptions, _connect, _quiet_close, parse_endpoint
+from .transport import NatsOptions, parse_endpoint
 
 if TYPE_CHECKING:
     from rain_envelopes.server import Server
@@ -192,7 +193,7 @@ class Archiver:
     async def start(self) -> Archiver:
         """Connect to the leaf node and make sure the site stream exists. Raises
         TransportError when the leaf cannot be reached."""
-        self._nc = await _connect(
+        self._nc = await connect(
             self.endpoint, self.options, self.identity,
             name=f"rain archiver {self.server_nkey[:8]}", reconnect=True,
             # Acknowledgements come to inboxes only this key may read (nats-config grants it).
@@ -293,7 +294,7 @@ class Archiver:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
         if self._nc is not None:
-            await _quiet_close(self._nc)
+            await quiet_close(self._nc)
 
     async def __aenter__(self) -> Archiver:
         return await self.start()

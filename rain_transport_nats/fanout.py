@@ -53,13 +53,13 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from rain_envelopes.transport import FanoutGroup, FanoutMember
 
 from . import subjects
+from .connection import SUB_PENDING_BYTES, SUB_PENDING_MSGS, barrier, publish_soon
 
 if TYPE_CHECKING:
     from .transport import NatsPeerTransport, NatsTransport, NatsTransportListener
@@ -234,23 +234,8 @@ class ServerFanout:
         self.send(subject, payload.encode(), None)
 
     def send(self, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
-        client = self._listener._nc
-        if client is None or not client.is_connected:
-            return
-        self.sent += 1
-        task = asyncio.ensure_future(_publish(client, subject, data, headers))
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
-
-
-_BACKGROUND: set[asyncio.Future[None]] = set()
-
-
-async def _publish(
-    client: NatsClient, subject: str, data: bytes, headers: dict[str, str] | None
-) -> None:
-    with contextlib.suppress(Exception):
-        await client.publish(subject, data, headers=headers)
+        if publish_soon(self._listener._nc, subject, data, headers):
+            self.sent += 1
 
 
 # ------------------------------------------------------------------------------ client side
@@ -337,14 +322,12 @@ class ClientFanin:
                 inflow.subscription = await client.subscribe(
                     subject,
                     cb=frames,
-                    pending_msgs_limit=1_000_000,
-                    pending_bytes_limit=1024 * 1024 * 1024,
+                    pending_msgs_limit=SUB_PENDING_MSGS,
+                    pending_bytes_limit=SUB_PENDING_BYTES,
                 )
-                # Twice: nats-py writes a PING at once but the SUB from its buffer, so the
-                # first PONG may overtake the SUB; the second comes after the broker's answer
-                # to it (a permissions violation, reported to on_error).
-                for _ in range(2):
-                    await client.flush(timeout=max(1, round(link._options.open_timeout)))
+                # After the barrier the broker's answer to the SUB (a permissions violation,
+                # reported to on_error) has been read.
+                await barrier(client, link._options.open_timeout)
                 ok = subject not in self._refused
             except Exception as exc:  # the broker connection failed: the link ends anyway
                 log.debug("joining %s failed: %s", subject, exc)

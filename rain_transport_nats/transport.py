@@ -81,8 +81,18 @@ from rain_envelopes.transport import (
 )
 
 from . import subjects
+from .connection import (
+    SUB_PENDING_BYTES,
+    SUB_PENDING_MSGS,
+    barrier,
+    connect,
+    in_background,
+    is_permission_error,
+    publish_soon,
+    quiet_close,
+)
 from .fanout import JOINED, SERVER_CONTROL, ClientFanin, NatsFanoutMember, ServerFanout
-from .nkey import is_user_nkey, user_nkey, user_public_key, user_seed
+from .nkey import is_user_nkey, user_nkey, user_public_key
 
 __all__ = [
     "NatsOptions",
@@ -98,11 +108,6 @@ log = logging.getLogger("rain_transport_nats")
 
 SCHEME = "nats"
 _TLS_KEYS = ("tls_ca", "tls_cert", "tls_key", "tls_hostname")
-# nats-py drops messages past a subscription's pending limits (a "slow consumer"), which would
-# break the ordering promise without a word; ours are far above max_queue so that our own
-# bound, which ends the link instead, is the one that acts.
-_SUB_PENDING_MSGS = 1_000_000
-_SUB_PENDING_BYTES = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,101 +242,6 @@ def _options(endpoint: Endpoint, options: Mapping[str, Any] | None) -> NatsOptio
     return replace(parsed, **merged) if merged else parsed
 
 
-def _is_permission_error(error: Exception) -> bool:
-    return "permissions violation" in str(error).lower()
-
-
-async def _connect(
-    endpoint: Endpoint,
-    options: NatsOptions,
-    identity: Identity | None,
-    *,
-    name: str,
-    reconnect: bool,
-    **callbacks: Any,
-) -> NatsClient:
-    """A broker connection authenticated by ``identity``'s nkey. Raises TransportError, or
-    TransportSecurityError when the broker refuses the key or TLS fails."""
-    context = options.ssl_context()
-    credentials: dict[str, Any] = {}
-    if identity is not None:
-        credentials["nkeys_seed_str"] = user_seed(identity)
-    where = endpoint.broker_url(context is not None)
-    client = NatsClient()
-    try:
-        await client.connect(
-            servers=[where],
-            name=name,
-            tls=context,
-            tls_hostname=options.tls_hostname,
-            allow_reconnect=reconnect,
-            max_reconnect_attempts=-1 if reconnect else 0,
-            reconnect_time_wait=1,
-            connect_timeout=max(1, round(options.open_timeout)),
-            pending_size=8 * 1024 * 1024,
-            **credentials,
-            **callbacks,
-        )
-    except Exception as exc:
-        _abort(client)
-        raise _connect_error(exc, where, identity) from None
-    return client
-
-
-def _abort(client: NatsClient) -> None:
-    """Release a client whose connect failed. nats-py has no task left running then, and its
-    close() can wait forever on a TLS handshake that failed (nats-py 2.16), so only the socket
-    is closed."""
-    transport = getattr(client, "_transport", None)
-    if transport is not None:
-        with contextlib.suppress(Exception):
-            transport.close()
-
-
-def _connect_error(exc: Exception, where: str, identity: Identity | None) -> TransportError:
-    """What a failed broker connection means for RAIN."""
-    text = str(exc) or type(exc).__name__
-    # nats-py reports a refused key as AuthorizationError, or as a plain Error with the
-    # server's text, depending on when the -ERR arrives.
-    if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in (
-        text.lower()
-    ):
-        who = f" ({user_nkey(identity.public_key)})" if identity is not None else ""
-        return HandshakeFailed(
-            f"the NATS broker at {where} refused this key{who}: it is not among the broker's"
-            " users (run `rain nats-config` and reload the broker)",
-            SecurityCause.REFUSED,
-        )
-    if isinstance(exc, ssl.SSLError | nats.errors.SecureConnFailedError):
-        return TransportSecurityError(f"TLS to the NATS broker at {where} failed: {text}")
-    if isinstance(exc, nats.errors.SecureConnRequiredError | nats.errors.SecureConnWantedError):
-        return TransportSecurityError(
-            f"the NATS broker at {where} and this end disagree about TLS: {text}"
-        )
-    return TransportError(f"cannot reach the NATS broker at {where}: {text}")
-
-
-async def barrier(client: NatsClient, timeout: float) -> None:
-    """Return once the broker has processed every command ``client`` sent before the call, and
-    its answers to them (MSG, -ERR) have been read.
-
-    One ``flush()`` does not promise that: nats-py writes the flush's PING straight to the
-    socket, ahead of commands still in its pending buffer, so the PONG can come back before
-    the broker saw them (a test counting permission violations after one flush saw 1 of 4 now
-    and then). Two do: the first flush wakes the flusher task before awaiting its PONG, so the
-    buffer is on the socket before that PONG is read, and the second PING follows it. Raises
-    nats.errors.TimeoutError (FlushTimeoutError) after ``timeout`` seconds per flush."""
-    seconds = max(1, round(timeout))
-    await client.flush(timeout=seconds)
-    await client.flush(timeout=seconds)
-
-
-async def _quiet_close(client: NatsClient) -> None:
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(2.0):
-            await client.close()
-
-
 # ------------------------------------------------------------------------------ one link
 
 
@@ -387,17 +297,7 @@ class _Link(Transport):
         """Called once when the link is over, by either side; subclasses let go of it."""
 
     def _publish_control(self, kind: str) -> None:
-        client = self._nc
-        if client is None or not client.is_connected:
-            return
-        task = asyncio.ensure_future(self._safe_publish(client, self._prefix + kind))
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
-
-    @staticmethod
-    async def _safe_publish(client: NatsClient, subject: str) -> None:
-        with contextlib.suppress(Exception):
-            await client.publish(subject, b"")
+        publish_soon(self._nc, self._prefix + kind)
 
     async def heartbeat(self, now: float) -> None:
         """Send ``hb`` when idle; end the link when the peer has been silent too long."""
@@ -472,8 +372,6 @@ class _Link(Transport):
     def closed(self) -> bool:
         return self._closed or self._ended
 
-
-_BACKGROUND: set[asyncio.Future[None]] = set()
 
 
 # ------------------------------------------------------------------------------ client
@@ -552,7 +450,7 @@ class NatsTransport(_Link):
         self._heartbeats = loop.create_task(self._beat())
 
     async def _open(self) -> None:
-        self._nc = await _connect(
+        self._nc = await connect(
             self.endpoint,
             self._options,
             self._identity,
@@ -567,8 +465,8 @@ class NatsTransport(_Link):
         self._subscription = await self._nc.subscribe(
             answers,
             cb=self._on_message,
-            pending_msgs_limit=_SUB_PENDING_MSGS,
-            pending_bytes_limit=_SUB_PENDING_BYTES,
+            pending_msgs_limit=SUB_PENDING_MSGS,
+            pending_bytes_limit=SUB_PENDING_BYTES,
         )
         await self._nc.publish(
             self._prefix + subjects.HELLO,
@@ -587,7 +485,7 @@ class NatsTransport(_Link):
         self._closed = True
         self._wake.set()
         if self._nc is not None:
-            await _quiet_close(self._nc)
+            await quiet_close(self._nc)
 
     def _settle_opening(self, error: BaseException | None) -> None:
         if self._opening is not None and not self._opening.done():
@@ -599,7 +497,7 @@ class NatsTransport(_Link):
     async def _on_error(self, error: Exception) -> None:
         if self._fanin.on_error(error):
             return  # a refused topic subscription: the server keeps sending directly
-        if _is_permission_error(error):
+        if is_permission_error(error):
             self._settle_opening(
                 HandshakeFailed(
                     f"the NATS broker does not let this key talk to server {self._server}"
@@ -658,9 +556,7 @@ class NatsTransport(_Link):
         """Close the broker connection once, in the background; the task that does it (None
         when there is no connection). ``close`` awaits the same task."""
         if self._shutting is None and self._nc is not None:
-            self._shutting = asyncio.ensure_future(self._shut(self._nc))
-            _BACKGROUND.add(self._shutting)
-            self._shutting.add_done_callback(_BACKGROUND.discard)
+            self._shutting = in_background(self._shut(self._nc))
         return self._shutting
 
     @staticmethod
@@ -670,7 +566,7 @@ class NatsTransport(_Link):
             if client.is_connected:
                 async with asyncio.timeout(1.0):
                     await client.flush()
-        await _quiet_close(client)
+        await quiet_close(client)
 
     async def close(self) -> None:
         if not self._opened:
@@ -775,7 +671,7 @@ class NatsTransportListener(TransportListener):
         if self._closed:
             raise TransportClosed("the listener is closed")
         self._started = True
-        self._nc = await _connect(
+        self._nc = await connect(
             self.endpoint,
             self.options,
             self.security.identity,
@@ -787,7 +683,7 @@ class NatsTransportListener(TransportListener):
         try:
             await self._subscribe_and_probe()
         except BaseException:
-            await _quiet_close(self._nc)
+            await quiet_close(self._nc)
             raise
         self._heartbeats = asyncio.get_running_loop().create_task(self._beat())
 
@@ -797,8 +693,8 @@ class NatsTransportListener(TransportListener):
         await self._nc.subscribe(
             subjects.server_subscription(self.server_nkey),
             cb=self._on_message,
-            pending_msgs_limit=_SUB_PENDING_MSGS,
-            pending_bytes_limit=_SUB_PENDING_BYTES,
+            pending_msgs_limit=SUB_PENDING_MSGS,
+            pending_bytes_limit=SUB_PENDING_BYTES,
         )
         # The probe: publish as a client key we do not hold. A broker that enforces the
         # permissions of `rain nats-config` refuses it (-ERR before the barrier's PONG); one
@@ -815,7 +711,7 @@ class NatsTransportListener(TransportListener):
             delivered = False
         await probe_sub.unsubscribe()
         denied_subscribe = [
-            e for e in self._errors if _is_permission_error(e) and "subscription" in str(e).lower()
+            e for e in self._errors if is_permission_error(e) and "subscription" in str(e).lower()
         ]
         if denied_subscribe:
             raise HandshakeFailed(
@@ -840,21 +736,13 @@ class NatsTransportListener(TransportListener):
             # Frames were dropped before we saw them: no link can promise order any more.
             for peer in list(self._peers.values()):
                 peer._end("frames were dropped by the NATS client (slow consumer)", tell_peer=True)
-        elif not _is_permission_error(error) or "probe" not in str(error):
+        elif not is_permission_error(error) or "probe" not in str(error):
             log.warning("NATS broker error: %s", error)
 
     async def _on_disconnected(self) -> None:
         # Frames in flight may be lost while the client reconnects: end every link.
         for peer in list(self._peers.values()):
             peer._end("the connection to the NATS broker was lost")
-
-    def _publish(self, subject: str) -> None:
-        client = self._nc
-        if client is None or not client.is_connected:
-            return
-        task = asyncio.ensure_future(_Link._safe_publish(client, subject))
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
 
     async def _on_message(self, msg: Msg) -> None:
         route = subjects.parse_inbound(msg.subject)
@@ -876,7 +764,7 @@ class NatsTransportListener(TransportListener):
             self._hello(route)
         elif route.kind in (subjects.DATA, subjects.HEARTBEAT):
             # A session we do not know (ended, or from before a restart): tell the client.
-            self._publish(subjects.to_client(*route[:3], subjects.BYE))
+            publish_soon(self._nc, subjects.to_client(*route[:3], subjects.BYE))
 
     def _hello(self, route: subjects.Route) -> None:
         answer = subjects.to_client(self.server_nkey, route.client, route.session, "")
@@ -887,12 +775,12 @@ class NatsTransportListener(TransportListener):
         if not self.security.insecure and (keys is None or keys.lookup(key) is None):
             self.refused += 1
             log.info("refused a NATS session from unauthorised key %s", format_public_key(key))
-            self._publish(answer + subjects.BYE)
+            publish_soon(self._nc, answer + subjects.BYE)
             return
         identity = None if self.security.insecure else format_public_key(key)
         peer = NatsPeerTransport(self, route.client, route.session, identity)
         self._peers[peer.key] = peer
-        self._publish(answer + subjects.WELCOME)
+        publish_soon(self._nc, answer + subjects.WELCOME)
         self._accepted.put_nowait(peer)
 
     def _forget(self, peer: NatsPeerTransport) -> None:
@@ -937,7 +825,7 @@ class NatsTransportListener(TransportListener):
                 if self._nc.is_connected:
                     async with asyncio.timeout(1.0):
                         await self._nc.flush()
-            await _quiet_close(self._nc)
+            await quiet_close(self._nc)
 
 
 # ------------------------------------------------------------------------------ factory
