@@ -71,7 +71,7 @@ from . import subjects
 from .connection import connect, quiet_close
 from .fanout import parameter_token
 from .nkey import user_nkey
-from .transport import NatsOptions, parse_endpoint
+from .transport import endpoint_options, parse_endpoint
 
 if TYPE_CHECKING:
     from rain_envelopes.server import Server
@@ -169,7 +169,9 @@ class Archiver:
         if max_pending < 1:
             raise ConfigError("max_pending must be at least 1")
         self.endpoint = parse_endpoint(endpoint)
-        self.options = NatsOptions.from_mapping(options)
+        # TLS to the leaf as for any NATS endpoint: `?tls_ca=...` (all `rain serve` passes)
+        # or the options table.
+        self.options = endpoint_options(self.endpoint, options)
         self.identity = identity
         self.server_nkey = user_nkey(identity.public_key)
         self.stream = stream

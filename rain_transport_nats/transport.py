@@ -233,8 +233,9 @@ def parse_endpoint(endpoint: str) -> Endpoint:
     return Endpoint(endpoint, parts.hostname, port, label, tls)
 
 
-def _options(endpoint: Endpoint, options: Mapping[str, Any] | None) -> NatsOptions:
-    # The endpoint's TLS query parameters are defaults; the options table overrides them.
+def endpoint_options(endpoint: Endpoint, options: Mapping[str, Any] | None) -> NatsOptions:
+    """The options for ``endpoint``: its TLS query parameters are defaults that the options
+    table overrides. Raises ConfigError."""
     parsed = NatsOptions.from_mapping(options)
     merged: dict[str, Any] = {
         key: value for key, value in endpoint.tls.items() if getattr(parsed, key) is None
@@ -388,7 +389,7 @@ class NatsTransport(_Link):
     ) -> None:
         """Raises ConfigError for a bad endpoint or options, or missing keys."""
         self.endpoint = parse_endpoint(endpoint)
-        opts = _options(self.endpoint, options)
+        opts = endpoint_options(self.endpoint, options)
         security = security or ClientSecurity()
         if security.server_key is None:
             raise ConfigError(
@@ -628,7 +629,7 @@ class NatsTransportListener(TransportListener):
         if len(endpoints) != 1:
             raise ConfigError("a NATS listener serves exactly one broker endpoint")
         self.endpoint = parse_endpoint(endpoints[0])
-        self.options = _options(self.endpoint, options)
+        self.options = endpoint_options(self.endpoint, options)
         security = security or ServerSecurity()
         if security.identity is None:
             raise ConfigError(

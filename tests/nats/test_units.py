@@ -21,6 +21,7 @@ from rain_transport_nats import (
     user_public_key,
     user_seed,
 )
+from rain_transport_nats.archive import Archiver
 
 
 def test_the_identity_is_the_nkey_as_the_nkeys_library_derives_it() -> None:
@@ -57,6 +58,17 @@ def test_nats_endpoints_are_found_by_scheme_and_parsed() -> None:
     assert (endpoint.host, endpoint.port, endpoint.label) == ("hub.example", 4222, "magnetometer")
     assert endpoint.tls == {"tls_ca": "ca.pem"}
     assert endpoint.broker_url(True) == "tls://hub.example:4222"
+
+
+def test_the_archiver_takes_tls_from_its_endpoint_as_links_do() -> None:
+    # `rain serve` gives the archiver only `[archive] endpoint`: TLS to a leaf node must come
+    # from its query parameters, overridable by the options table.
+    leaf = "nats://leaf.example:4222?tls_ca=site-ca.pem&tls_hostname=leaf"
+    archiver = Archiver(leaf, Identity.generate())
+    assert (archiver.options.tls_ca, archiver.options.tls_hostname) == ("site-ca.pem", "leaf")
+    assert archiver.options.tls
+    table = Archiver(leaf, Identity.generate(), options={"tls_ca": "other.pem"})
+    assert table.options.tls_ca == "other.pem"
 
 
 @pytest.mark.parametrize(
