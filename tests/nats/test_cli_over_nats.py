@@ -5,8 +5,6 @@ same key files as over tcp://. Only the endpoint changed."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from rain_envelopes.keys import AuthorizedKeys, Identity
-from tests.serverprocess import ServerProcess, rain_env
-from tests.test_cli import PLUGIN
+from tests.serverprocess import ServerProcess
+from tests.test_cli import PLUGIN, rain
 
 from .broker import NatsServer
 
@@ -36,15 +34,6 @@ identity = "alice@irf"
 uri = "/params/*"
 methods = ["set"]
 """
-
-
-def rain(
-    *args: str, timeout: float = 20.0, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rain_envelopes.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=rain_env(), cwd=cwd,
-    )
 
 
 @dataclass
