@@ -186,16 +186,27 @@ def _chosen_interfaces(interfaces: Sequence[str] | None) -> list[str] | None:
     return _checked_interfaces(interfaces, "interfaces") or None
 
 
+def interface_address(text: str) -> str:
+    """``text`` as an interface address discovery can use (IPv4 only), in its usual spelling.
+    The one rule for every place that takes one (a server's ``[discovery] interfaces``,
+    ``--interface``, ``RAIN_DISCOVERY_INTERFACES``, ``discovery_interfaces``). Raises
+    ValueError saying what is wrong."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    if address.version != 4:
+        raise ValueError(f"{text}: discovery uses IPv4 only")
+    return str(address)
+
+
 def _checked_interfaces(addresses: Iterable[str], where: str) -> list[str]:
     out = []
     for text in addresses:
         try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            raise ConfigError(f"{where}: {text!r} is not an IP address") from None
-        if address.version != 4:
-            raise ConfigError(f"{where}: {text}: discovery uses IPv4 only")
-        out.append(str(address))
+            out.append(interface_address(text))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     return out
 
 

@@ -45,7 +45,6 @@ silently ignored is worse than a refusal to start.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import logging
 import tomllib
 from collections.abc import Mapping
@@ -54,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from ..allowlist import parse_allowlist
+from ..discovery import interface_address
 from ..errors import ConfigError
 from ..node import Node
 from ..transport import TransportFactory, transport_factory
@@ -257,14 +257,12 @@ def _discovery(check: _Checker, raw: Mapping[str, Any]) -> DiscoveryConfig:
     interfaces = check.strings(raw.get("interfaces", []), "discovery.interfaces")
     for index, text in enumerate(interfaces):
         try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            address = None
-        if address is None or address.version != 4:
+            interface_address(text)
+        except ValueError as exc:
             raise check.fail(
                 f"discovery.interfaces[{index}]",
-                f"expected an IPv4 address of this host such as 192.168.1.20, got {text!r}",
-            )
+                f"expected an IPv4 address of this host such as 192.168.1.20 ({exc})",
+            ) from None
     return DiscoveryConfig(advertise=advertise, interfaces=interfaces)
 
 
