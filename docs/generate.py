@@ -241,7 +241,10 @@ def enums() -> str:
 
 def error_tree() -> str:
     """Every RainError subclass RAIN defines, as a tree, with the module to import it from."""
+    # discovery defines errors of its own: imported here, so that the tree does not depend on
+    # what happened to be imported before.
     import rain_envelopes
+    import rain_envelopes.discovery
     import rain_envelopes.errors as errors
     import rain_envelopes.server
     import rain_transport_zmq
