@@ -180,10 +180,14 @@ def interfaces_from_env() -> list[str] | None:
     return _checked_interfaces(found, INTERFACES_ENV) if found else None
 
 
-def _chosen_interfaces(interfaces: Sequence[str] | None) -> list[str] | None:
-    if interfaces is None:
+def _chosen_interfaces(
+    interfaces: Sequence[str] | None, where: str = "interfaces"
+) -> list[str] | None:
+    """The addresses to browse or advertise on: ``interfaces`` (checked) when any are given,
+    else ``RAIN_DISCOVERY_INTERFACES``, else None (every interface)."""
+    if not interfaces:
         return interfaces_from_env()
-    return _checked_interfaces(interfaces, "interfaces") or None
+    return _checked_interfaces(interfaces, where)
 
 
 def interface_address(text: str) -> str:
@@ -570,10 +574,7 @@ class Advertisement:
         from zeroconf.asyncio import AsyncServiceInfo
 
         node = str(Node.coerce(self.node))
-        interfaces = (
-            _checked_interfaces(self.interfaces, "discovery.interfaces")
-            if self.interfaces else interfaces_from_env()
-        )
+        interfaces = _chosen_interfaces(self.interfaces, "discovery.interfaces")
         addresses = list(interfaces) if interfaces else _host_addresses()
         self.advertised = advertised_endpoints(self.endpoints, addresses)
         if not self.advertised:
