@@ -280,7 +280,10 @@ def _read_info(info: AsyncServiceInfo) -> DiscoveredServer | None:
         endpoint = _text(props.get(f"ep{index}".encode()))
         if endpoint is None:
             break
-        if "://" in endpoint and not any(ch.isspace() for ch in endpoint):
+        # Only what an advertisement writes (advertised_endpoints): tcp://. Another scheme
+        # from the network (a rain:// that would resolve again, an ipc:// path on this host)
+        # is someone else's claim, not a way to reach a server on another host.
+        if endpoint.lower().startswith("tcp://") and not any(ch.isspace() for ch in endpoint):
             endpoints.append(endpoint)
     addresses = tuple(info.parsed_addresses())
     if not endpoints and info.port:  # no usable ep: the SRV port on each address

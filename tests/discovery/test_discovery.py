@@ -34,6 +34,7 @@ from rain_envelopes.discovery import (
     DiscoveryUnavailable,
     KeyMismatch,
     ServerNotFound,
+    _read_info,
     advertised_endpoints,
     format_table,
     key_fingerprint,
@@ -150,6 +151,36 @@ def test_wildcards_are_written_out_and_unreachable_endpoints_left_out() -> None:
         "tcp://192.168.1.5:4505", "tcp://10.0.0.2:4505",
         "tcp://192.168.1.5:4506", "tcp://10.0.0.2:4506", "tcp://10.1.2.3:4507",
     ]
+
+
+class AnsweredService:
+    """What zeroconf's AsyncServiceInfo gives _read_info: a TXT record, addresses, a port."""
+
+    def __init__(self, properties: dict[bytes, bytes | None], port: int = 0) -> None:
+        self.properties = properties
+        self.port = port
+        self.name = "station@lab._rain._tcp.local."
+        self.server = "host.local."
+
+    def parsed_addresses(self) -> list[str]:
+        return ["192.168.1.5"]
+
+
+def test_an_advertisement_reaches_a_server_only_through_tcp_endpoints() -> None:
+    txt = {b"v": b"1", b"node": b"station@lab", b"fp": b"SHA256:x"}
+    hostile = [b"rain://station@lab", b"ipc:///run/other.sock", b"memory://station",
+               b"tcp://10.1.2.3:4505", b"tcp://10.1.2.3 :4506"]
+    props = {**txt, **{f"ep{i}".encode(): ep for i, ep in enumerate(hostile)}}
+    server = _read_info(AnsweredService(props))  # type: ignore[arg-type]
+    assert server is not None
+    assert server.endpoints == ("tcp://10.1.2.3:4505",)
+    # Nothing usable in the TXT record, no port: not an advertisement at all.
+    only_hostile = {**txt, b"ep0": b"rain://station@lab"}
+    assert _read_info(AnsweredService(only_hostile)) is None  # type: ignore[arg-type]
+    # No usable ep but an SRV port: the port on each address.
+    server = _read_info(AnsweredService(only_hostile, port=4505))  # type: ignore[arg-type]
+    assert server is not None
+    assert server.endpoints == ("tcp://192.168.1.5:4505",)
 
 
 def test_discovery_config_is_checked(tmp_path: Path) -> None:
