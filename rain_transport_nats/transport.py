@@ -92,7 +92,7 @@ from .connection import (
     quiet_close,
 )
 from .fanout import JOINED, SERVER_CONTROL, ClientFanin, NatsFanoutMember, ServerFanout
-from .nkey import is_user_nkey, user_nkey, user_public_key
+from .nkey import user_nkey, user_public_key
 
 __all__ = [
     "NatsOptions",
@@ -339,20 +339,20 @@ class _Link(Transport):
         finally:
             del frames[:sent]
 
-    async def receive(self) -> bytes:
+    async def _wait_for_frames(self) -> None:
+        """Return once a frame is queued; TransportClosed once the link is over and drained."""
         while not self._inbox:
             if self._ended or self._closed:
                 raise TransportClosed(self._why)
             self._wake.clear()
             await self._wake.wait()
+
+    async def receive(self) -> bytes:
+        await self._wait_for_frames()
         return self._inbox.popleft()
 
     async def receive_batch(self) -> list[bytes]:
-        while not self._inbox:
-            if self._ended or self._closed:
-                raise TransportClosed(self._why)
-            self._wake.clear()
-            await self._wake.wait()
+        await self._wait_for_frames()
         batch = list(self._inbox)
         self._inbox.clear()
         return batch
@@ -768,10 +768,11 @@ class NatsTransportListener(TransportListener):
             publish_soon(self._nc, subjects.to_client(*route[:3], subjects.BYE))
 
     def _hello(self, route: subjects.Route) -> None:
+        try:
+            key = user_public_key(route.client)
+        except KeyFileError:
+            return  # not a key: nobody the broker could have authenticated
         answer = subjects.to_client(self.server_nkey, route.client, route.session, "")
-        if not is_user_nkey(route.client):
-            return
-        key = user_public_key(route.client)
         keys = self.security.authorized_keys
         if not self.security.insecure and (keys is None or keys.lookup(key) is None):
             self.refused += 1
