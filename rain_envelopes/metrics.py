@@ -73,10 +73,6 @@ OnCommand = Callable[[Command], Any]
 
 def load_prometheus() -> Any:
     """The prometheus_client module; ImportError naming the extra when it is missing."""
-    return _prometheus()
-
-
-def _prometheus() -> Any:
     try:
         import prometheus_client
     except ImportError as exc:
@@ -106,7 +102,7 @@ class ServerMetrics:
     """The Prometheus metrics of one server; see the module docstring."""
 
     def __init__(self, server: Server, registry: CollectorRegistry | None = None) -> None:
-        prometheus = _prometheus()
+        prometheus = load_prometheus()
         self.registry: CollectorRegistry = registry or prometheus.CollectorRegistry()
         self._server = server
         self._lock = threading.Lock()
@@ -217,11 +213,11 @@ class ServerMetrics:
 
     def text(self) -> bytes:
         """The metrics in Prometheus' text format (what a scrape gets)."""
-        return bytes(_prometheus().generate_latest(self.registry))
+        return bytes(load_prometheus().generate_latest(self.registry))
 
     def serve(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> int:
         """Serve ``/metrics`` over HTTP in a daemon thread; returns the port (0: any free)."""
-        prometheus = _prometheus()
+        prometheus = load_prometheus()
         server, _thread = prometheus.start_http_server(port, addr=host, registry=self.registry)
         self._http = server
         return int(server.server_address[1])
@@ -243,7 +239,7 @@ class _Collector:
         return []  # read at scrape time only; nothing to check at registration
 
     def collect(self) -> Iterator[Any]:
-        core = _prometheus().metrics_core
+        core = load_prometheus().metrics_core
         metrics = self._metrics
         yield core.GaugeMetricFamily("rain_sessions", "Sessions open now",
                                      value=len(metrics._server.sessions))
