@@ -34,13 +34,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.outputlines import OutputLines
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -154,39 +155,6 @@ def _normalise(line: str) -> str:
     return " ".join(line.split())
 
 
-@dataclass
-class Background:
-    process: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-    changed: threading.Condition = field(default_factory=threading.Condition)
-
-    def start_reading(self) -> None:
-        def read() -> None:
-            assert self.process.stdout is not None
-            for line in self.process.stdout:
-                with self.changed:
-                    self.lines.append(line.rstrip("\n"))
-                    self.changed.notify_all()
-
-        threading.Thread(target=read, daemon=True).start()
-
-    def wait_for(self, pattern: str, timeout: float) -> str:
-        """The first line matching ``pattern``; AssertionError after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                for line in self.lines:
-                    if re.search(pattern, line):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"no line matching {pattern!r} within {timeout} s: {self.lines}"
-                    )
-                # A process that has exited adds no more lines; give its reader a moment.
-                self.changed.wait(min(left, 0.5) if self.process.poll() is not None else left)
-
-
 class ShellSession:
     """One page's commands, typed in order into terminals sharing one folder."""
 
@@ -196,11 +164,11 @@ class ShellSession:
         self.env["PATH"] = f"{bin_dir}{os.pathsep}{self.env.get('PATH', '')}"
         self.env["PYTHONPATH"] = str(ROOT)
         self.port: str | None = None
-        self.server: Background | None = None
-        self.monitors: list[Background] = []
+        self.server: OutputLines | None = None
+        self.monitors: list[OutputLines] = []
         self.logs: list[Path] = []
 
-    def _background(self, command: str, name: str) -> Background:
+    def _background(self, command: str, name: str) -> OutputLines:
         log = self.folder.parent / f"{name}-{len(self.logs)}.log"
         self.logs.append(log)
         with open(log, "wb") as errors:
@@ -208,9 +176,7 @@ class ShellSession:
                 ["bash", "-c", f"exec {command}"], cwd=self.folder, env=self.env,
                 stdout=subprocess.PIPE, stderr=errors, text=True,
             )
-        job = Background(process)
-        job.start_reading()
-        return job
+        return OutputLines(process)
 
     def _port_in(self, text: str) -> str:
         return text if self.port is None else text.replace(f":{DOC_PORT}", f":{self.port}")
@@ -235,7 +201,7 @@ class ShellSession:
                     self.env[name] = value
             elif words[:2] == ["rain", "serve"]:
                 self.server = self._background(command, "serve")
-                line = self.server.wait_for(r"serving \S+ on tcp://", START_TIMEOUT)
+                [line] = self.server.wait_for(r"serving \S+ on tcp://", START_TIMEOUT)
                 found = re.search(r"tcp://127\.0\.0\.1:(\d+)", line)
                 assert found, line
                 self.port = found[1]

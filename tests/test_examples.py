@@ -28,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from rain_envelopes import AuthorizedKeys, Identity
+from tests.outputlines import OutputLines
 from tests.serverprocess import ServerProcess, rain_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,39 +99,14 @@ def _free_port() -> int:
         return port
 
 
-class Lines:
+class Lines(OutputLines):
     """A child process whose standard output is read line by line as it comes."""
 
     def __init__(self, args: list[str], cwd: Path) -> None:
-        self.process = subprocess.Popen(
+        super().__init__(subprocess.Popen(
             args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
-        )
-        self.lines: list[str] = []
-        self.changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self.changed:
-                self.lines.append(line.rstrip("\n"))
-                self.changed.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = 30.0, count: int = 1) -> list[str]:
-        """The first ``count`` lines matching ``pattern``; AssertionError after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                found = [line for line in self.lines if re.search(pattern, line)]
-                if len(found) >= count:
-                    return found[:count]
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"{count} lines matching {pattern!r} within {timeout} s: {self.lines}"
-                    )
-                self.changed.wait(min(left, 0.5) if self.process.poll() is not None else left)
+        ))
 
     def stop(self) -> None:
         if self.process.poll() is None:
