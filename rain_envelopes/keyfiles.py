@@ -152,8 +152,6 @@ def load_identity(path: PathArg) -> Identity:
         if not stripped or stripped.startswith("#"):
             continue
         if not stripped.startswith(_SECRET_LABEL):
-            if _is_public_line(stripped):
-                raise _public_not_secret(file)
             raise KeyFileError(
                 f"{file}:{number}: expected '{_SECRET_LABEL} <base64>' (is this a RAIN secret"
                 " key file?)"
@@ -402,16 +400,12 @@ def _read_secret_text(file: Path) -> str:
     return _decode(data, file, "secret key file", _MAX_KEY_FILE)
 
 
-def _is_public_line(line: str) -> bool:
-    return line[: len(_PUBLIC_LABEL)].lower() == _PUBLIC_LABEL
-
-
 def _holds_public_key(data: bytes) -> bool:
     """Whether the first line that is not blank or a comment is a public key line."""
     for raw in data[:_MAX_KEY_FILE].splitlines():
         line = raw.decode("utf-8", "replace").strip()
         if line and not line.startswith("#"):
-            return _is_public_line(line)
+            return line[: len(_PUBLIC_LABEL)].lower() == _PUBLIC_LABEL
     return False
 
 
