@@ -656,6 +656,8 @@ class NatsTransportListener(TransportListener):
         self.fanouts = ServerFanout(self)
         #: True once the start-up probe showed the broker enforces subject permissions.
         self.enforced = False
+        # The broker's complaints while the start-up probe runs (None outside it).
+        self._probe_errors: list[Exception] | None = None
 
     @property
     def endpoints(self) -> list[str]:
@@ -690,7 +692,7 @@ class NatsTransportListener(TransportListener):
 
     async def _subscribe_and_probe(self) -> None:
         assert self._nc is not None
-        self._errors: list[Exception] = []
+        self._probe_errors = errors = list[Exception]()
         await self._nc.subscribe(
             subjects.server_subscription(self.server_nkey),
             cb=self._on_message,
@@ -711,8 +713,9 @@ class NatsTransportListener(TransportListener):
         except nats.errors.TimeoutError:
             delivered = False
         await probe_sub.unsubscribe()
+        self._probe_errors = None
         denied_subscribe = [
-            e for e in self._errors if is_permission_error(e) and "subscription" in str(e).lower()
+            e for e in errors if is_permission_error(e) and "subscription" in str(e).lower()
         ]
         if denied_subscribe:
             raise HandshakeFailed(
@@ -730,9 +733,8 @@ class NatsTransportListener(TransportListener):
             )
 
     async def _on_error(self, error: Exception) -> None:
-        errors = getattr(self, "_errors", None)
-        if errors is not None and len(errors) < 100:
-            errors.append(error)
+        if self._probe_errors is not None and len(self._probe_errors) < 100:
+            self._probe_errors.append(error)
         if isinstance(error, nats.errors.SlowConsumerError):
             # Frames were dropped before we saw them: no link can promise order any more.
             for peer in list(self._peers.values()):

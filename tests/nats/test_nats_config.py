@@ -22,7 +22,7 @@ import pytest
 
 from rain_envelopes.auth import ServerAuthenticator
 from rain_envelopes.channel import connect
-from rain_envelopes.errors import SecurityCause, TransportSecurityError
+from rain_envelopes.errors import HandshakeFailed, SecurityCause, TransportSecurityError
 from rain_envelopes.keys import AuthorizedKeys, Identity
 from rain_envelopes.server import Parameter, Server
 from rain_envelopes.server.access import AccessRule
@@ -125,6 +125,21 @@ async def test_a_client_cannot_publish_or_listen_as_another_identity(
     finally:
         await client.close()
         await listener.close()
+
+
+async def test_a_key_the_broker_knows_only_as_a_client_cannot_serve(
+    nats_broker: NatsServer, nats_keys: NatsKeys
+) -> None:
+    # alice is a broker user, but nats-config gave her no server subjects: her listener's
+    # subscription is refused, and start says so instead of serving a deaf listener.
+    listener = NATS.listen(
+        [nats_broker.url],
+        ServerSecurity(identity=nats_keys.alice, authorized_keys=nats_keys.authorized),
+    )
+    with pytest.raises(HandshakeFailed, match="subscribe to its own subjects") as refused:
+        await listener.start()
+    assert refused.value.cause is SecurityCause.REFUSED
+    await listener.close()
 
 
 async def test_the_listener_refuses_a_broker_that_lets_anyone_claim_any_subject(
