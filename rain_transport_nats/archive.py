@@ -88,7 +88,6 @@ __all__ = [
 
 log = logging.getLogger("rain_transport_nats")
 
-ARCHIVE = "arc"
 MSG_ID = "Nats-Msg-Id"
 _BACKOFF_START = 0.05
 _BACKOFF_MAX = 2.0
@@ -96,7 +95,7 @@ _BACKOFF_MAX = 2.0
 
 def archive_subject(server: str, name: str) -> str:
     """The subject of parameter ``name``'s archived samples from server nkey ``server``."""
-    return f"{subjects.ROOT}.{server}.{ARCHIVE}.{parameter_token(name)}"
+    return f"{subjects.ROOT}.{server}.{subjects.ARCHIVE}.{parameter_token(name)}"
 
 
 def site_stream_config(
@@ -106,7 +105,7 @@ def site_stream_config(
     disk, de-duplicated by ``Nats-Msg-Id`` over ``duplicate_window`` seconds."""
     return StreamConfig(
         name=name,
-        subjects=[f"{subjects.ROOT}.*.{ARCHIVE}.>"],
+        subjects=[f"{subjects.ROOT}.*.{subjects.ARCHIVE}.>"],
         storage=StorageType.FILE,
         duplicate_window=duplicate_window,
         max_age=max_age,
@@ -199,7 +198,7 @@ class Archiver:
             self.endpoint, self.options, self.identity,
             name=f"rain archiver {self.server_nkey[:8]}", reconnect=True,
             # Acknowledgements come to inboxes only this key may read (nats-config grants it).
-            inbox_prefix=f"{subjects.ROOT}.{self.server_nkey}.inbox",
+            inbox_prefix=f"{subjects.ROOT}.{self.server_nkey}.{subjects.INBOX}",
         )
         self._js = self._nc.jetstream(domain=self.domain, timeout=self.ack_timeout)
         if self.create_stream:

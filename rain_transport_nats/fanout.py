@@ -83,7 +83,6 @@ LEAVE = "leave"
 #: Control kinds the server sends and the client answers.
 SERVER_CONTROL = frozenset({JOIN, GO, LEAVE})
 SEQ_HEADER = "Rain-Seq"
-OBSERVE = "obs"
 
 
 def parameter_token(name: str) -> str:
@@ -94,20 +93,15 @@ def parameter_token(name: str) -> str:
 def observe_subject(server: str, name: str, variant: str) -> str:
     """The subject on which server ``server`` publishes ``name`` spelt ``variant``."""
     digest = hashlib.sha256(variant.encode()).hexdigest()[:16]
-    return f"{subjects.ROOT}.{server}.{OBSERVE}.{parameter_token(name)}.{digest}"
+    return f"{subjects.ROOT}.{server}.{subjects.OBSERVE}.{parameter_token(name)}.{digest}"
 
 
 def observe_subscribe_permission(server: str, name: str | None) -> str:
     """What a client may subscribe to hear parameter ``name`` of ``server`` (every parameter
     when None)."""
     if name is None:
-        return f"{subjects.ROOT}.{server}.{OBSERVE}.>"
-    return f"{subjects.ROOT}.{server}.{OBSERVE}.{parameter_token(name)}.*"
-
-
-def observe_publish_permission(server: str) -> str:
-    """What a server needs to publish its parameters once for all subscribers."""
-    return f"{subjects.ROOT}.{server}.{OBSERVE}.>"
+        return f"{subjects.ROOT}.{server}.{subjects.OBSERVE}.>"
+    return f"{subjects.ROOT}.{server}.{subjects.OBSERVE}.{parameter_token(name)}.*"
 
 
 # ------------------------------------------------------------------------------ server side
@@ -259,7 +253,7 @@ class ClientFanin:
 
     def __init__(self, link: NatsTransport, server: str) -> None:
         self._link = link
-        self._prefix = f"{subjects.ROOT}.{server}.{OBSERVE}."
+        self._prefix = f"{subjects.ROOT}.{server}.{subjects.OBSERVE}."
         self._topics: dict[str, _Inflow] = {}
         self._refused: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()

@@ -57,6 +57,12 @@ HELLO = "hello"
 WELCOME = "welcome"
 BYE = "bye"
 HEARTBEAT = "hb"
+#: A server's subject families beside its sessions' ``in`` and ``out``: samples published once
+#: for every subscriber (fanout.py), archived samples for the site's JetStream stream, and that
+#: stream's acknowledgements to the archiver (archive.py).
+OBSERVE = "obs"
+ARCHIVE = "arc"
+INBOX = "inbox"
 #: Kinds a client may send, and kinds a server may send.
 CLIENT_KINDS = frozenset({DATA, HELLO, BYE, HEARTBEAT})
 SERVER_KINDS = frozenset({DATA, WELCOME, BYE, HEARTBEAT})
@@ -106,12 +112,9 @@ def parse_inbound(subject: str) -> Route | None:
 
 def server_permissions(user: str) -> tuple[list[str], list[str]]:
     """(publish, subscribe) subjects a user needs to serve as itself."""
-    # out: answers to its sessions; obs: samples published once for all subscribers (fanout.py);
-    # arc: archived samples for its site's JetStream stream, whose acknowledgements come back
-    # on its own inbox subjects (archive.py)
     return (
-        [f"{ROOT}.{user}.out.>", f"{ROOT}.{user}.obs.>", f"{ROOT}.{user}.arc.>"],
-        [f"{ROOT}.{user}.in.>", f"{ROOT}.{user}.inbox.>"],
+        [f"{ROOT}.{user}.out.>", f"{ROOT}.{user}.{OBSERVE}.>", f"{ROOT}.{user}.{ARCHIVE}.>"],
+        [f"{ROOT}.{user}.in.>", f"{ROOT}.{user}.{INBOX}.>"],
     )
 
 
