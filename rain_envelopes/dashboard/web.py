@@ -356,10 +356,9 @@ class Dashboard:
             await self.close()
             raise OSError(exc.errno, f"cannot serve the dashboard on {self.host}:{self.port}:"
                                      f" {exc.strerror or exc}") from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        addresses = runner.addresses  # the bound sockets: port 0 becomes the one chosen
+        if addresses:
+            self.port = int(addresses[0][1])
         origins = self.app[ORIGINS_KEY]
         names = {self.host, "127.0.0.1", "localhost", "[::1]"} if is_loopback(self.host) else {
             self.host}
