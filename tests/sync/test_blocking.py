@@ -173,16 +173,15 @@ def test_exceptions_are_the_async_apis_own(site: Site, station: ServerThread) ->
 def test_every_call_has_a_timeout(site: Site, station: ServerThread) -> None:
     endpoint = station.endpoint
     assert endpoint is not None
+    # Each error is the async client's, naming the limit it kept (the blocking side's backstop,
+    # 2 s later, says "no outcome from the client's loop" instead): no wall clock needed.
     with open_client(site, endpoint, timeout=0.5) as client:
-        started = time.monotonic()
-        with pytest.raises(ResponseTimeout):  # the client's default
+        with pytest.raises(ResponseTimeout, match=r"within 0\.5 s$"):  # the client's default
             client.get("slow")
-        with pytest.raises(ResponseTimeout):  # a per-call limit
+        with pytest.raises(ResponseTimeout, match=r"within 0\.3 s$"):  # a per-call limit
             client.get("slow", timeout=0.3)
         with pytest.raises(TimeoutError):  # ResponseTimeout is a TimeoutError too
             client.get("slow", timeout=0.3)
-        elapsed = time.monotonic() - started
-        assert elapsed < 1.1 + 3.0, elapsed  # 1.1 s of limits, and slack for a busy machine
         assert client.get("temperature", timeout=5) == 20.5  # the client is still fine
         with pytest.raises(ValueError, match="positive"):
             client.get("temperature", timeout=0)
