@@ -107,6 +107,9 @@ class ServerMetrics:
         self._server = server
         self._lock = threading.Lock()
         self._ended_drops = 0
+        # Ended sessions whose drops are in _ended_drops but which the server may still list
+        # for a moment (it reports the end before it lets the session go): not counted twice.
+        self._ended: set[ServedSession] = set()
         counter, histogram = prometheus.Counter, prometheus.Histogram
         self.sessions_established = counter(
             "rain_sessions_established", "Sessions established since the server started",
@@ -190,14 +193,21 @@ class ServerMetrics:
         drops = sum(s.total_drops for s in session.subscriptions.values())
         with self._lock:
             self._ended_drops += drops
+            self._ended.add(session)
 
     # ------------------------------------------------------------------ scrape-time values
 
     def subscription_drops(self) -> int:
-        live = 0
-        for session in self._server.sessions:
-            live += sum(s.total_drops for s in list(session.subscriptions.values()))
+        """Drops of every session, ended or live, each counted once (scrape thread)."""
         with self._lock:
+            sessions = self._server.sessions
+            self._ended.intersection_update(sessions)  # those the server has let go: done
+            live = sum(
+                s.total_drops
+                for session in sessions
+                if session not in self._ended
+                for s in list(session.subscriptions.values())
+            )
             return self._ended_drops + live
 
     def handshakes_refused(self) -> int:

@@ -132,6 +132,32 @@ async def test_refused_sessions_and_drops_are_counted(keys: Keys) -> None:
             metrics.close()
 
 
+def test_a_session_still_listed_after_its_end_is_counted_once() -> None:
+    # The server reports a session's end before it lets the session go; a scrape in between
+    # (the HTTP thread may run at any time) must not add its drops twice, or the counter
+    # would go down at the next scrape.
+    class Subscription:
+        total_drops = 3
+
+    class Session:
+        subscriptions = {"temp": Subscription()}
+
+    class StandInServer:
+        metrics = None
+        _listeners: list[Any] = []
+
+        def __init__(self) -> None:
+            self.sessions: list[Session] = [Session()]
+
+    server = StandInServer()
+    metrics = ServerMetrics(server)  # type: ignore[arg-type]
+    assert metrics.subscription_drops() == 3
+    metrics.session_ended(server.sessions[0])  # type: ignore[arg-type]
+    assert metrics.subscription_drops() == 3
+    server.sessions.clear()
+    assert metrics.subscription_drops() == 3
+
+
 async def test_metrics_are_off_by_default_and_cost_a_test(keys: Keys) -> None:
     async with running_server(_parameters(), keys, "memory") as server:
         assert server.metrics is None
