@@ -49,7 +49,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -116,8 +115,6 @@ class NatsFanoutGroup(FanoutGroup):
         self.next_seq = 0
         self.published = 0
         self.admitted: set[NatsPeerTransport] = set()
-        #: When the group last published (monotonic); counts as traffic for heartbeats.
-        self.last_publish = 0.0
 
     def __repr__(self) -> str:
         return f"<NatsFanoutGroup {self.subject} members={len(self.admitted)}>"
@@ -132,7 +129,6 @@ class NatsFanoutGroup(FanoutGroup):
         seq = self.next_seq
         self.next_seq += 1
         self.published += 1
-        self.last_publish = time.monotonic()
         self._hub.send(self.subject, data, {SEQ_HEADER: str(seq)})
 
 
