@@ -44,7 +44,6 @@ from ..client import Client, ClientState, StateChange, Update
 from ..errors import (
     ClientClosed,
     CommandFailed,
-    Disconnected,
     NotDone,
     RainError,
     ResponseTimeout,
@@ -220,7 +219,7 @@ class Station:
                 return
             except ResponseTimeout:
                 pass  # it stays with the client, which makes it on every new session
-            except (CommandFailed, Disconnected, RainError, ValueError) as exc:
+            except (RainError, ValueError) as exc:
                 # Refused, the session went before it was made (the next `established` lists
                 # and subscribes again), or the server listed a name that is no URI.
                 text = exc.reason if isinstance(exc, CommandFailed) else exc
