@@ -5,7 +5,9 @@ Registered for ``nats://`` endpoints through the ``rain_envelopes.transports`` e
 is the NATS credential (:mod:`.nkey`); the subject scheme, which lets the broker vouch for the
 identity a frame's subject names, is described in :mod:`.subjects`; the transport itself in
 :mod:`.transport`; ``rain nats-config`` (the broker's authorization block from authorised keys and
-access rules) in :mod:`.config`.
+access rules) in :mod:`.config`; publishing once for many subscribers in :mod:`.fanout`;
+store-and-forward archives in :mod:`.archive`; the broker connection they share (nkey login,
+error mapping, :func:`~.connection.barrier`) in :mod:`.connection`.
 """
 
 from .nkey import is_user_nkey, user_nkey, user_public_key, user_seed
