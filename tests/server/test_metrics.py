@@ -19,6 +19,7 @@ from rain_envelopes.cli import EXIT_USAGE
 from rain_envelopes.errors import CommandFailed, RainError
 from rain_envelopes.server import AccessPolicy, AccessRule, Parameter
 from tests.serverprocess import rain_env
+from tests.zmq.helpers import eventually
 
 from .conftest import ZMQ, Keys, running_server
 
@@ -74,7 +75,10 @@ async def test_metrics_count_what_the_server_does(keys: Keys) -> None:
                                   server_key=keys.station.public_key, establish_timeout=5)
             bob = await connect(endpoint, identity=keys.bob,
                                 server_key=keys.station.public_key, establish_timeout=5)
+            # The server counts a session just after the client sees `established`.
+            await eventually(lambda: len(server.sessions) == 2, 5.0)
             assert _value(await _scrape(port), "rain_sessions") == 2
+            bob_served = next(s for s in server.sessions if s.identity == "bob@irf")
             await alice.get("/params/temp")
             await alice.set("/params/setting", 5)
             with pytest.raises(CommandFailed):
@@ -87,6 +91,8 @@ async def test_metrics_count_what_the_server_does(keys: Keys) -> None:
                 await connect(endpoint, identity=keys.stranger,
                               server_key=keys.station.public_key, establish_timeout=3)
             await bob.finish()
+            async with asyncio.timeout(5):
+                await bob_served.ended.wait()  # the server has let bob's session go
             values = await _scrape(port)
         finally:
             metrics.close()
