@@ -1,6 +1,6 @@
 """Issue 9's targets (item 7), every one beside its raw pyzmq baseline in the same run.
 
-Run ``python benchmarks/bench_targets.py --repeats 3`` (about 8 minutes on 2 cores): it measures
+Run ``python benchmarks/bench_targets.py --repeats 3`` (4 to 8 minutes on 2 cores): it measures
 every target and ends with one table of them (figure, baseline, ratio, goal, met or not).
 ``--quick`` takes a few seconds (``tests/test_bench_targets_run.py`` runs it so this script
 cannot silently rot). ``--help`` lists the knobs; ``--only pipelined,codec,peers`` picks parts;
