@@ -99,6 +99,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ZmqPeerTransport", "ZmqTransportListener"]
 
+# The send flags as plain ints, computed once: `zmq.NOBLOCK | zmq.SNDMORE` is enum arithmetic in
+# Python, which the after-profiles found being redone for every frame of every reply.
+_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_LAST = int(zmq.NOBLOCK)
+
 
 class ZmqPeerTransport(Transport):
     """The listener's link to one peer (made by the listener, handed out by ``accept()``).
@@ -655,8 +660,8 @@ class ZmqTransportListener(TransportListener):
         if peer.closed or router is None:
             raise TransportClosed("link to this peer is closed")
         try:
-            router.send(peer.routing_id, zmq.NOBLOCK | zmq.SNDMORE)
-            router.send(data, zmq.NOBLOCK, copy=len(data) < ZERO_COPY_FROM)
+            router.send(peer.routing_id, _MORE)
+            router.send(data, _LAST, copy=len(data) < ZERO_COPY_FROM)
         except zmq.Again:
             raise QueueFull(
                 f"peer {peer.peer_identity or peer.routing_id.hex()} has"
