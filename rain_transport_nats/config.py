@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,9 +238,13 @@ def write(text: str, path: str | Path) -> None:
     """Replace ``path`` with ``text`` atomically (a reloading nats-server never reads half a
     file). Mode 0644: nothing in it is secret. Raises OSError."""
     target = Path(path)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    # mkstemp: a fresh name made with O_EXCL, so a file or link planted beside the target under
+    # a guessable name is never written through.
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    temporary = Path(name)
     try:
-        temporary.write_text(text)
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
         temporary.chmod(0o644)
         os.replace(temporary, target)
     finally:
