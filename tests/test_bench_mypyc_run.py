@@ -10,25 +10,18 @@ whole trial with tiny counts.
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from tests.benchrun import BENCHMARKS, import_benchmark, run_benchmark
+
 ROOT = BENCHMARKS.parent
 
 
 def _trial() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import mypyc_trial  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    module: ModuleType = mypyc_trial
-    return module
+    return import_benchmark("mypyc_trial")
 
 
 def test_the_copy_carries_the_workarounds_and_the_tree_stays_pure(tmp_path: Path) -> None:
@@ -66,12 +59,8 @@ def test_bad_arguments_are_refused() -> None:
 def test_a_quick_trial_compiles_node_and_prints_the_table() -> None:
     if importlib.util.find_spec("mypyc") is None:
         pytest.skip("mypyc is not installed (it ships with mypy, the dev extra)")
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "mypyc_trial.py"), "--quick", "--modules", "node"],
-        capture_output=True, text=True, timeout=380, cwd=BENCHMARKS,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "node       compiles alone" in done.stdout, done.stdout
-    assert "smoke: compiled: ['node']" in done.stdout, done.stdout
-    assert "codec request encode+decode (ns)" in done.stdout, done.stdout
+    out = run_benchmark("mypyc_trial.py", "--quick", "--modules", "node", timeout=380)
+    assert "node       compiles alone" in out, out
+    assert "smoke: compiled: ['node']" in out, out
+    assert "codec request encode+decode (ns)" in out, out
     assert not list((ROOT / "rain_envelopes").glob("*.so"))

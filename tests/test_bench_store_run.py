@@ -7,35 +7,20 @@ not by unit tests. This only runs it with tiny counts, its state files in a temp
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from tests.benchrun import run_benchmark
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_store.py"
 RATIO = r"\d+\.\d\dx"
 
 
 def test_bench_store_quick_prints_every_mode_with_ratios(tmp_path: Path) -> None:
-    if not SCRIPT.is_file():
-        pytest.fail(f"{SCRIPT} is missing")
-    try:
-        done = subprocess.run(
-            [
-                sys.executable, str(SCRIPT), "--quick", "--dir", str(tmp_path),
-                "--sequential", "30", "--pipelined", "60", "--window", "4", "--warmup", "10",
-                "--commits", "10", "--restore", "20",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=SCRIPT.parent,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the quick benchmark took longer than {exc.timeout} s")
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    out = run_benchmark(
+        "bench_store.py", "--quick", "--dir", str(tmp_path),
+        "--sequential", "30", "--pipelined", "60", "--window", "4", "--warmup", "10",
+        "--commits", "10", "--restore", "20",
+        timeout=60,
+    )
     header = next((row for row in out.splitlines() if row.startswith("metric")), "")
     assert header.split() == [
         "metric", "raw", "pyzmq", "memory", "ratio", "batch", "ratio", "sync", "ratio",

@@ -9,29 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from tests.benchrun import import_benchmark, run_benchmark
+
 RATIO = r"\d+\.\d\dx"
-
-
-def _run(script: str, *arguments: str, timeout: float = 20) -> str:
-    path = BENCHMARKS / script
-    if not path.is_file():
-        pytest.fail(f"{path} is missing")
-    try:
-        done = subprocess.run(
-            [sys.executable, str(path), *arguments],
-            capture_output=True, text=True, timeout=timeout, cwd=BENCHMARKS,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{script} took longer than {exc.timeout} s")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
 
 
 def _row(out: str, label: str) -> str:
@@ -41,17 +24,17 @@ def _row(out: str, label: str) -> str:
 
 
 def test_fanout_rows_carry_both_stacks_and_ratios() -> None:
-    out = _run("bench_targets.py", "--quick", "--only", "fanout", "--fanout", "1,2",
-               "--seconds", "0.3")
+    out = run_benchmark("bench_targets.py", "--quick", "--only", "fanout", "--fanout", "1,2",
+                        "--seconds", "0.3")
     for sessions in (1, 2):
         line = _row(out, f"observe to {sessions} session(s)")
         assert len(re.findall(RATIO, line)) == 2, line
 
 
 def test_publisher_and_sessions_rows() -> None:
-    out = _run("bench_targets.py", "--quick", "--only", "publisher,sessions",
-               "--seconds", "0.3", "--sessions", "5", "--publisher-sessions", "2",
-               "--gets", "30")
+    out = run_benchmark("bench_targets.py", "--quick", "--only", "publisher,sessions",
+                        "--seconds", "0.3", "--sessions", "5", "--publisher-sessions", "2",
+                        "--gets", "30")
     for label in ("publisher stopped", "publisher running"):
         cells = _row(out, label).split()
         assert all(float(cell.replace(",", "")) >= 0 for cell in cells[-4:]), cells
@@ -64,9 +47,9 @@ def test_publisher_and_sessions_rows() -> None:
 def test_target_table_names_every_measured_target_with_a_verdict() -> None:
     # Two child servers (raw and RAIN) and the codec rows: the peers part is the peers script's
     # own code, run by test_peers_row below.
-    out = _run("bench_targets.py", "--quick", "--only", "pipelined,codec", "--windows", "4",
-               "--pipelined", "100", "--sequential", "20", "--codec-iterations", "50",
-               timeout=50)
+    out = run_benchmark("bench_targets.py", "--quick", "--only", "pipelined,codec",
+                        "--windows", "4", "--pipelined", "100", "--sequential", "20",
+                        "--codec-iterations", "50", timeout=50)
     for label in ("4 in flight", "p50, one request in flight (us)"):
         assert len(re.findall(RATIO, _row(out, label))) >= 1, out
     assert len(re.findall(RATIO, _row(out, "codec request encode+decode"))) == 1, out
@@ -87,12 +70,7 @@ def test_target_table_names_every_measured_target_with_a_verdict() -> None:
 
 
 def test_verdicts_compare_the_ratio_with_the_goal_in_the_right_direction() -> None:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bench_targets  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    check = bench_targets.ratio_target
+    check = import_benchmark("bench_targets").ratio_target
     assert check("rate", 50, 100, 0.5, higher=True).met
     assert not check("rate", 49, 100, 0.5, higher=True).met
     assert check("latency", 120, 100, 1.2, higher=False).met
@@ -107,8 +85,8 @@ def test_peers_row(stack: str) -> None:
     module = {"lime": "lime_python", "caproto": "caproto", "asyncua": "asyncua"}[stack]
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} is not installed (the optional 'bench' extra)")
-    out = _run("bench_peers.py", "--quick", "--only", f"raw,rain-curve,{stack}",
-               "--requests", "64", "--window", "4")
+    out = run_benchmark("bench_peers.py", "--quick", "--only", f"raw,rain-curve,{stack}",
+                        "--requests", "64", "--window", "4")
     assert len(re.findall(RATIO, _row(out, "RAIN (CURVE)"))) == 1, out
     label = {"lime": "lime-python", "caproto": "caproto CA", "asyncua": "asyncua OPC UA"}[stack]
     assert len(re.findall(RATIO, _row(out, label))) == 2, out

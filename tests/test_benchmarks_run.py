@@ -7,35 +7,20 @@ Nothing about speed is asserted here: performance is measured by
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_roundtrip.py"
+from tests.benchrun import run_benchmark
+
 RATIO = r"\d+\.\d\dx"
 
 
 def test_bench_roundtrip_quick_prints_the_table_with_ratios() -> None:
-    if not SCRIPT.is_file():
-        pytest.fail(f"{SCRIPT} is missing")
-    try:
-        done = subprocess.run(
-            [
-                sys.executable, str(SCRIPT), "--quick",
-                "--sequential", "50", "--pipelined", "200", "--window", "8",
-                "--warmup", "20", "--codec-iterations", "200", "--rounds", "2",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            cwd=SCRIPT.parent,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the quick benchmark took longer than {exc.timeout} s")
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    out = run_benchmark(
+        "bench_roundtrip.py", "--quick",
+        "--sequential", "50", "--pipelined", "200", "--window", "8",
+        "--warmup", "20", "--codec-iterations", "200", "--rounds", "2",
+    )
     header = next((row for row in out.splitlines() if row.startswith("metric")), "")
     assert header.split() == ["metric", "raw", "pyzmq", "channel", "ratio", "server", "ratio"]
     # Every round-trip row carries a figure for all three stacks and both ratios ours/raw.
@@ -55,27 +40,17 @@ def test_bench_roundtrip_quick_prints_the_table_with_ratios() -> None:
     assert all(re.search(RATIO + r"\s*$", row) for row in codec), codec
 
 
-IDLE = SCRIPT.parent / "bench_idle.py"
-
-
 @pytest.mark.timeout(120)
 def test_bench_idle_runs_and_prints_a_row_per_setting() -> None:
-    try:
-        done = subprocess.run(
-            [sys.executable, str(IDLE), "--sessions", "2", "--seconds", "0.5",
-             "--heartbeats", "0,0,0", "--heartbeats", "2,4,6"],
-            capture_output=True,
-            text=True,
-            timeout=90,  # two server processes started and stopped; slow on a busy machine
-            cwd=IDLE.parent,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the idle benchmark took longer than {exc.timeout} s")
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [row.split() for row in done.stdout.splitlines()]
+    out = run_benchmark(
+        "bench_idle.py", "--sessions", "2", "--seconds", "0.5",
+        "--heartbeats", "0,0,0", "--heartbeats", "2,4,6",
+        timeout=90,  # two server processes started and stopped; slow on a busy machine
+    )
+    rows = [row.split() for row in out.splitlines()]
     labels = [row[0] for row in rows if row]
-    assert "off" in labels, done.stdout
-    assert "2/4/6" in labels, done.stdout
+    assert "off" in labels, out
+    assert "2/4/6" in labels, out
     for row in rows:
         if row and row[0] in ("off", "2/4/6"):
             figures = row[-5:]  # bytes/s on the wire and as payload, segments/s, two CPUs

@@ -8,21 +8,15 @@ that both transports delivered every sample and that the NATS sessions were fann
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_nats_fanout.py"
+from tests.benchrun import run_benchmark
 
 
 @pytest.mark.timeout(90)
 def test_the_quick_run_prints_both_transports_side_by_side() -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True,
-                          text=True, timeout=80, cwd=SCRIPT.parent)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    out = run_benchmark("bench_nats_fanout.py", "--quick", timeout=80)
     assert re.search(r"zmq\s+2 sessions: .* delivered 100\.0%, fanned out 0/2", out), out
     assert re.search(r"nats\s+2 sessions: .* delivered 100\.0%, fanned out 2/2", out), out
     row = next(line for line in out.splitlines() if line.strip().startswith("2 "))
