@@ -1,5 +1,6 @@
 """Pieces every benchmark script here shares: the ratio column, the raw pyzmq servers' one-key
-CURVE check, and the control pipe between a benchmark and its child-process server.
+CURVE check, the control pipe between a benchmark and its child-process server, and the run of
+a script's lines-producing coroutine with its total wall time.
 
 Imported by the scripts as a sibling module (each script puts its own folder on ``sys.path``).
 """
@@ -7,10 +8,12 @@ Imported by the scripts as a sibling module (each script puts its own folder on 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["KeyCheck", "pipe_inbox", "ratio"]
+__all__ = ["KeyCheck", "pipe_inbox", "print_run", "ratio"]
 
 
 def ratio(ours: float, raw: float) -> str:
@@ -47,3 +50,14 @@ def pipe_inbox(conn: Connection) -> asyncio.Queue[tuple[str, Any]]:
 
     loop.add_reader(conn.fileno(), on_pipe)
     return inbox
+
+
+def print_run(
+    main_async: Callable[[Any], Coroutine[Any, Any, list[str]]], settings: Any
+) -> int:
+    """Run ``main_async(settings)``, print the lines it returns and the total wall time; 0."""
+    started = time.perf_counter()
+    lines = asyncio.run(main_async(settings))
+    lines += ["", f"total wall time {time.perf_counter() - started:.1f} s"]
+    print("\n".join(lines))
+    return 0

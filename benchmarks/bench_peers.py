@@ -51,6 +51,7 @@ from typing import Any
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_run
 from bench_roundtrip import RawClient, ServerProcess
 
 from rain_envelopes.auth import ServerAuthenticator
@@ -491,12 +492,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = parse_args(argv)
-    started = time.perf_counter()
-    lines = asyncio.run(main_async(settings))
-    lines += ["", f"total wall time {time.perf_counter() - started:.1f} s"]
-    print("\n".join(lines))
-    return 0
+    return print_run(main_async, parse_args(argv))
 
 
 if __name__ == "__main__":

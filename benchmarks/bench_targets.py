@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_peers
 import bench_roundtrip
-from _common import KeyCheck, pipe_inbox, ratio
+from _common import KeyCheck, pipe_inbox, print_run, ratio
 
 from rain_envelopes.auth import ServerAuthenticator
 from rain_envelopes.channel import ClientChannel, connect
@@ -976,12 +976,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = parse_args(argv)
-    started = time.perf_counter()
-    lines = asyncio.run(main_async(settings))
-    lines += ["", f"total wall time {time.perf_counter() - started:.1f} s"]
-    print("\n".join(lines))
-    return 0
+    return print_run(main_async, parse_args(argv))
 
 
 if __name__ == "__main__":
