@@ -140,13 +140,12 @@ class Switchboard:
                 ReasonCode.DISPATCH_ERROR, "the destination is not keeping up; try later"))
             return True
         forwarded = message.replace(from_=sender, to=dest_node, pp=None)
+        dispatched = None
         if message.id is not None:
             self._remember((dest_node, message.id), sender)
             dispatched = Notification(
                 NotificationEvent.DISPATCHED, id=message.id, from_=self.node, to=sender)
-            self._deliver(destination, forwarded, source, message, then=dispatched)
-        else:
-            self._deliver(destination, forwarded, source, message)
+        self._deliver(destination, forwarded, source, message, then=dispatched)
         return True
 
     def route_notification(self, source: ServedSession, notification: Notification) -> bool:
